@@ -1,0 +1,269 @@
+"""
+The whole GPT language model in one file: GPT-2's architecture, GPT-2's parameter names.
+
+- GPTConfig: the model's shape.
+- GPT: token and position embeddings, n_layer transformer blocks (causal self-attention
+  and an MLP, each behind a LayerNorm on a residual stream), a final LayerNorm and a
+  language-model head that shares its weights with the token embedding.
+- GPT.generate: sampling with temperature, top-k and top-p, through a KV cache.
+- GPT.configure_optimizers, GPT.estimate_mfu, GPT.crop_block_size, GPT.get_num_params.
+
+A state dict saved by nanoGPT loads into this model, and the other way round.
+
+References:
+1) OpenAI's GPT-2 TensorFlow implementation: https://github.com/openai/gpt-2/blob/master/src/model.py
+2) "Language Models are Unsupervised Multitask Learners" (GPT-2) and "Attention Is All You Need".
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest context the model sees
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2; False is a little better and faster
+
+
+class KVCache:
+    """
+    The keys and values of every token fed so far, for every layer, so that generation
+    processes each token once. Filled from position 0: a call with several tokens must
+    start on an empty cache (the prompt), later calls bring one token each.
+    """
+
+    def __init__(self, n_layer, max_length):
+        self.n_layer = n_layer
+        self.max_length = max_length
+        self.length = 0  # tokens cached so far
+        self.k = self.v = None  # (n_layer, B, n_head, max_length, head_size), made on first use
+
+    def update(self, layer, k, v):
+        """Append this layer's new keys and values (B, nh, T, hs); return all of them so far."""
+        if self.k is None:
+            B, nh, _, hs = k.shape
+            self.k = k.new_empty(self.n_layer, B, nh, self.max_length, hs)
+            self.v = torch.empty_like(self.k)
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.layer = layer  # index into the KV cache
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        # query, key and value projections for all heads, in one matrix
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()  # batch, sequence length, n_embd
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        hs = C // self.n_head
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, nh, cached + T, hs)
+        # Several new tokens only ever come on an empty cache, where the causal mask is exact;
+        # a single new token may look at everything before it, so it needs no mask.
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=T > 1)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None
+        assert config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the head that reads out tokens is the embedding that reads them in.
+        # https://paperswithcode.com/method/weight-tying
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the projections into the residual stream by 1/sqrt(number of residual
+        # additions), so that the stream's variance does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def get_num_params(self, non_embedding=True):
+        """
+        The number of parameters. By default the position embeddings are not counted; the token
+        embeddings are, since they are also the weights of the final layer.
+        """
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, cache=None):
+        """
+        idx (B, T) token ids -> (logits, loss). With targets (B, T), logits for every position
+        and the mean cross-entropy (targets of -1 are ignored); without, logits for the last
+        position only (B, 1, vocab_size), which is all that sampling needs, and loss None.
+        With a KVCache, idx continues the tokens already cached.
+        """
+        device = idx.device
+        B, T = idx.size()
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"cannot forward {start + T} tokens: block_size is {self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=device)  # (T,)
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        pos_emb = self.transformer.wpe(pos)  # (T, C)
+        x = self.transformer.drop(tok_emb + pos_emb)
+        for block in self.transformer.h:
+            x = block(x, cache)
+        x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.length += T
+        if targets is not None:
+            logits = self.lm_head(x)  # (B, T, vocab_size)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        else:
+            logits = self.lm_head(x[:, [-1], :])  # (B, 1, vocab_size): a list index keeps the time dim
+            loss = None
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Shorten the context, e.g. to finetune a model trained with a longer block_size."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on the matrices (2-D and up) only, not on biases and LayerNorm gains."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay_params = [p for p in params if p.dim() >= 2]
+        nodecay_params = [p for p in params if p.dim() < 2]
+        optim_groups = [
+            {"params": decay_params, "weight_decay": weight_decay},
+            {"params": nodecay_params, "weight_decay": 0.0},
+        ]
+        # the fused kernel is one launch for all parameters instead of several per tensor
+        use_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type == "cuda"
+        extra_args = dict(fused=True) if use_fused else dict()
+        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward and backward), as in the PaLM paper's appendix B."""
+        N = self.get_num_params()
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        return 6 * N + 12 * L * H * Q * T
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
+        """
+        Model FLOPs utilization: the fraction of peak_flops (FLOP/s) that fwdbwd_per_iter sequences
+        of block_size tokens every dt seconds achieve. The default peak is an A100's bf16 312 TFLOPS;
+        train.py passes the peak of the device it runs on.
+        """
+        flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
+        return flops_per_iter / dt / peak_flops
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
+        """
+        Continue each row of idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
+        Call model.eval() first. The prompt is processed once into a KV cache, then each new token
+        costs one single-token step. Within block_size this gives exactly what recomputing the whole
+        context at every step gives. Past block_size the learned position embeddings have no room
+        left, so when the cache is full it is rebuilt from the last block_size // 2 tokens at
+        positions 0, 1, ...: each new token then sees between half a block and a whole block of
+        context (nanoGPT's recomputation always sees the last full block, at the cost of a
+        whole-block forward pass per token).
+        """
+        block_size = self.config.block_size
+        cache = KVCache(self.config.n_layer, block_size)
+        fresh = idx[:, -block_size:]  # tokens not yet in the cache: first the prompt, cropped to a block
+        for _ in range(max_new_tokens):
+            if cache.length + fresh.size(1) > block_size:
+                cache.length = 0
+                fresh = idx[:, -max(1, block_size // 2):]
+            logits, _ = self(fresh, cache=cache)
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)
+            fresh = idx_next
+        return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
+    """Draw one token per row from logits (B, vocab_size): temperature, then top-k, then top-p (nucleus)."""
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # keep the most likely tokens until their probabilities add up to top_p
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # the most likely always stays
+        logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(outside, float("-inf")))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)

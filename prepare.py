@@ -1,0 +1,275 @@
+"""
+Turn a text file into the token ids that train.py reads.
+
+    python prepare.py                        # Tiny Shakespeare, one token per character -> data/shakespeare_char/
+    python prepare.py --tokenizer=gpt2       # Tiny Shakespeare, GPT-2's BPE             -> data/shakespeare/
+    python prepare.py --input=notes.txt      # your own UTF-8 text                       -> data/notes_char/
+    python prepare.py --input=https://example.com/book.txt --dataset=book
+
+It writes three files into data/DATASET/:
+- train.bin, val.bin: the token ids as raw uint16, readable with np.memmap(path, dtype=np.uint16, mode='r');
+- meta.json: the tokenizer: {"tokenizer": "char", "vocab_size": 65, "chars": "\\n !$&'..."} (token i is
+  chars[i]) or {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"} (tiktoken's encoding name).
+
+As in nanoGPT, the first (1 - val_fraction) of the characters are the training split and the rest the
+validation split, each encoded on its own. Line endings are read as Python's text mode reads them
+("\\r\\n" becomes "\\n"). The file is streamed in chunks, twice (once to count characters and collect the
+alphabet, once to encode), so memory stays flat however large the text is, and the .bin files appear
+only once they are complete.
+"""
+
+import itertools
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+from tqdm import tqdm
+
+from configurator import configure, fail
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+CHUNK_CHARS = 1 << 23  # characters read at a time: a few tens of MB of working memory
+
+# -----------------------------------------------------------------------------
+# default config values, overridden by --key=value flags (see configurator.py)
+input = ""  # a UTF-8 text file or an http(s) URL; empty: data/DATASET/input.txt, downloaded from SHAKESPEARE_URL if missing
+dataset = ""  # output folder data/DATASET; empty: shakespeare_char / shakespeare, or the input file's name
+tokenizer = "char"  # 'char' (one token per distinct character) or 'gpt2' (tiktoken's GPT-2 BPE)
+val_fraction = 0.1  # the share of the text, at its end, kept for validation
+# -----------------------------------------------------------------------------
+
+
+def default_dataset(input, tokenizer):
+    """data/ folder name: nanoGPT's names for Tiny Shakespeare, else the input file's stem."""
+    if not input:
+        return "shakespeare_char" if tokenizer == "char" else "shakespeare"
+    stem = os.path.splitext(os.path.basename(input.rstrip("/")))[0] or "text"
+    return f"{stem}_char" if tokenizer == "char" else stem
+
+
+def is_url(path):
+    return path.startswith(("http://", "https://"))
+
+
+def download(url, dest):
+    """Fetch url into dest, atomically: an interrupted download leaves no partial file behind."""
+    print(f"downloading {url} to {dest}")
+    tmp = dest + ".part"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, disable=None) as bar:
+                while block := response.read(1 << 20):
+                    f.write(block)
+                    bar.update(len(block))
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
+        fail(f"could not download {url}: {reason}; check the address and your connection, "
+             f"or pass a local file with --input=PATH")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_chunks(path, desc):
+    """Yield the text of path in chunks of CHUNK_CHARS characters, with a progress bar over its bytes."""
+    size = os.path.getsize(path)
+    with open(path, encoding="utf-8") as f, tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=None) as bar:
+        done = 0
+        while True:
+            try:
+                chunk = f.read(CHUNK_CHARS)
+            except UnicodeDecodeError as e:
+                fail(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be decoded); "
+                     f"convert it first, e.g. iconv -f latin1 -t utf-8 {path} > fixed.txt")
+            if not chunk:
+                return
+            position = f.buffer.tell()
+            bar.update(position - done)
+            done = position
+            yield chunk
+
+
+def scan(path, want_alphabet):
+    """Count the characters of path and, if asked, collect the sorted list of distinct characters."""
+    n_chars = 0
+    seen = np.zeros(0x110000, dtype=bool)  # one flag per Unicode code point
+    for chunk in read_chunks(path, "scanning"):
+        n_chars += len(chunk)
+        if want_alphabet:
+            seen[code_points(chunk)] = True
+    alphabet = "".join(map(chr, np.flatnonzero(seen))) if want_alphabet else None
+    return n_chars, alphabet
+
+
+def code_points(text):
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def split_chunks(path, n_train):
+    """Yield (split, text) pieces of path in order: the first n_train characters are 'train', the rest 'val'."""
+    position = 0
+    for chunk in read_chunks(path, "encoding"):
+        cut = min(max(n_train - position, 0), len(chunk))
+        if cut > 0:
+            yield "train", chunk[:cut]
+        if cut < len(chunk):
+            yield "val", chunk[cut:]
+        position += len(chunk)
+
+
+# -----------------------------------------------------------------------------
+# tokenizers: encoding a whole split, and the (encode, decode) pair that sample.py uses
+
+def char_lookup(alphabet):
+    """A table from code point to token id, for every code point up to the largest in the alphabet."""
+    cps = code_points(alphabet)
+    table = np.zeros(int(cps.max()) + 1, dtype=np.uint16)
+    table[cps] = np.arange(len(cps), dtype=np.uint16)
+    return table
+
+
+def gpt2_safe_cut(text):
+    """
+    The last index at which text can be cut without changing its GPT-2 tokens, or 0 if there is none.
+    GPT-2's pre-tokenizer never joins a lone newline between two non-space characters to its
+    neighbours, so "...x\\n|y..." tokenizes the same in one piece or in two.
+    """
+    i = text.rfind("\n", 0, len(text) - 1)
+    while i > 0:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        i = text.rfind("\n", 0, i)
+    return 0
+
+
+def gpt2_encode_stream(pieces, enc, n_threads):
+    """
+    Encode a stream of text pieces of one split as if they were one string, on n_threads threads:
+    cut the text at safe places only (see gpt2_safe_cut) and hand tiktoken a batch at a time.
+    """
+    pending, batch = "", []
+    for piece in pieces:
+        pending += piece
+        cut = gpt2_safe_cut(pending)
+        if cut:
+            batch.append(pending[:cut])
+            pending = pending[cut:]
+        if len(batch) == n_threads:
+            yield from enc.encode_ordinary_batch(batch, num_threads=n_threads)
+            batch = []
+    batch.append(pending)
+    yield from enc.encode_ordinary_batch(batch, num_threads=n_threads)
+
+
+def make_codec(meta):
+    """(encode, decode) for the tokenizer that meta.json describes. encode raises ValueError on text it cannot encode."""
+    if meta["tokenizer"] == "char":
+        chars = meta["chars"]
+        stoi = {ch: i for i, ch in enumerate(chars)}
+
+        def encode(text):
+            missing = sorted(set(text) - stoi.keys())
+            if missing:
+                raise ValueError(f"characters not in the vocabulary: {''.join(missing)!r}")
+            return [stoi[c] for c in text]
+
+        return encode, lambda ids: "".join(chars[i] for i in ids)
+    import tiktoken
+    enc = tiktoken.get_encoding(meta["encoding"])
+    return lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}), enc.decode
+
+
+# -----------------------------------------------------------------------------
+
+def resolve_input(input, out_dir):
+    """The local text file to read, downloading it first where it is a URL."""
+    if not input:
+        local = os.path.join(out_dir, "input.txt")
+        if not os.path.exists(local):
+            download(SHAKESPEARE_URL, local)
+        return local
+    if is_url(input):
+        local = os.path.join(out_dir, "input.txt")
+        download(input, local)
+        return local
+    if not os.path.isfile(input):
+        fail(f"input file '{input}' not found; pass a UTF-8 text file or an http(s) URL with --input=")
+    return input
+
+
+def prepare(input, out_dir, tokenizer, val_fraction):
+    """Write out_dir/train.bin, val.bin and meta.json; return the token count of each split."""
+    if tokenizer not in ("char", "gpt2"):
+        fail(f"unknown tokenizer '{tokenizer}': use --tokenizer=char or --tokenizer=gpt2")
+    if not 0 < val_fraction < 1:
+        fail(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    os.makedirs(out_dir, exist_ok=True)
+    path = resolve_input(input, out_dir)
+
+    n_chars, alphabet = scan(path, want_alphabet=tokenizer == "char")
+    if n_chars == 0:
+        fail(f"{path} is empty: there is nothing to train on")
+    n_train = int(n_chars * (1 - val_fraction))
+    if n_train == 0 or n_train == n_chars:
+        fail(f"{path} has only {n_chars} characters, too few to split into train and val "
+             f"with val_fraction={val_fraction}; use a longer text")
+    if tokenizer == "char":
+        if len(alphabet) > 65536:
+            fail(f"{path} has {len(alphabet)} distinct characters, more than the 65536 token ids "
+                 f"that uint16 .bin files hold; use --tokenizer=gpt2")
+        meta = {"tokenizer": "char", "vocab_size": len(alphabet), "chars": alphabet}
+    else:
+        import tiktoken
+        enc = tiktoken.get_encoding("gpt2")
+        meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "encoding": "gpt2"}
+
+    if tokenizer == "char":
+        table = char_lookup(alphabet)
+        encode_split = lambda texts: (table[code_points(text)] for text in texts)
+    else:
+        n_threads = os.cpu_count() or 1
+        encode_split = lambda texts: (np.array(ids, dtype=np.uint16) for ids in gpt2_encode_stream(texts, enc, n_threads))
+
+    # Write everything to temporary files and move them into place only when all is well,
+    # so that a failure or Ctrl-C never leaves half-written files (or loses the old ones).
+    final = {name: os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")}
+    tmp = {name: path + ".tmp" for name, path in final.items()}
+    counts = {"train": 0, "val": 0}
+    try:
+        with open(tmp["train.bin"], "wb") as train_file, open(tmp["val.bin"], "wb") as val_file:
+            files = {"train": train_file, "val": val_file}
+            for split, pieces in itertools.groupby(split_chunks(path, n_train), key=lambda piece: piece[0]):
+                for ids in encode_split(text for _, text in pieces):
+                    ids.tofile(files[split])
+                    counts[split] += len(ids)
+        with open(tmp["meta.json"], "w", encoding="utf-8") as f:
+            json.dump(meta, f, ensure_ascii=False)
+        for name in final:
+            os.replace(tmp[name], final[name])
+    finally:
+        for name in tmp.values():
+            if os.path.exists(name):
+                os.remove(name)
+    return counts
+
+
+def main(argv):
+    defaults = dict(input=input, dataset=dataset, tokenizer=tokenizer, val_fraction=val_fraction)
+    config = configure(defaults, argv)
+    name = config["dataset"] or default_dataset(config["input"], config["tokenizer"])
+    out_dir = os.path.join("data", name)
+    counts = prepare(config["input"], out_dir, config["tokenizer"], config["val_fraction"])
+    print(f"train has {counts['train']:,} tokens")
+    print(f"val has {counts['val']:,} tokens")
+    print(f"wrote {out_dir}/train.bin, val.bin and meta.json")
+    if name != "shakespeare_char":
+        print(f"train on it with: python train.py --dataset={name}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

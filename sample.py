@@ -1,0 +1,95 @@
+"""
+Sample text from a model that train.py trained.
+
+    python sample.py --start="ROMEO:"                        # 10 samples of 500 tokens from out/ckpt.pt
+    python sample.py --start=FILE:prompt.txt --num_samples=1  # the prompt is the text of prompt.txt
+    python sample.py --out_dir=out-big --temperature=0.5 --top_p=0.9 --seed=7
+
+The checkpoint carries the model and its tokenizer, so out_dir is all this needs: the data folder may
+be gone. Each sample is printed, then a separator line, as nanoGPT does; the same seed gives the same
+text on the same machine.
+"""
+
+import os
+import sys
+from contextlib import nullcontext
+
+import torch
+
+from configurator import configure, fail, resolve_device, resolve_dtype
+from model import GPT, GPTConfig
+from prepare import make_codec
+
+# -----------------------------------------------------------------------------
+init_from = "resume"  # 'resume': the checkpoint in out_dir
+out_dir = "out"  # where train.py wrote ckpt.pt
+start = "\n"  # the prompt, or FILE:path to read it from a file
+num_samples = 10  # how many samples to draw
+max_new_tokens = 500  # tokens generated per sample
+temperature = 0.8  # < 1 is more conservative, > 1 more random
+top_k = 200  # sample among the top_k most likely tokens only; 0 for all
+top_p = 1.0  # sample among the most likely tokens that make up top_p of the probability; 1.0 for all
+seed = 1337
+device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16 there; float32 elsewhere), 'float32', 'bfloat16', 'float16'
+compile = False  # torch.compile the model (pays off for long samples only)
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+# -----------------------------------------------------------------------------
+
+if init_from != "resume":
+    fail(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir)")
+if max_new_tokens < 0:
+    fail(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+if num_samples < 1:
+    fail(f"num_samples must be at least 1, got {num_samples}")
+if temperature <= 0:
+    fail(f"temperature must be above 0, got {temperature}; for nearly greedy sampling use e.g. 0.01 or --top_k=1")
+if top_k < 0:
+    fail(f"top_k must be 0 (off) or more, got {top_k}")
+if not 0 < top_p <= 1:
+    fail(f"top_p must be in (0, 1], got {top_p}")
+if start.startswith("FILE:"):
+    prompt_path = start[len("FILE:"):]
+    if not os.path.isfile(prompt_path):
+        fail(f"prompt file '{prompt_path}' not found (from --start=FILE:{prompt_path})")
+    with open(prompt_path, encoding="utf-8") as f:
+        start = f.read()
+if not start:
+    fail("the prompt is empty: give at least one character with --start=")
+
+device = resolve_device(device)
+device_type = device.split(":")[0]
+dtype = resolve_dtype(dtype, device_type)
+torch.manual_seed(seed)
+torch.set_float32_matmul_precision("high")
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+if not os.path.exists(ckpt_path):
+    fail(f"no checkpoint at {ckpt_path}: train a model first (python train.py), or point --out_dir at one")
+try:
+    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+except Exception as e:  # truncated, corrupted, or not a checkpoint at all
+    fail(f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupted")
+model = GPT(GPTConfig(**checkpoint["model_args"]))
+model.load_state_dict(checkpoint["model"])
+model.eval()
+model.to(device)
+if compile:
+    model = torch.compile(model)
+
+encode, decode = make_codec(checkpoint["tokenizer"])
+try:
+    start_ids = encode(start)
+except ValueError as e:
+    fail(f"the prompt cannot be encoded with this model's tokenizer: {e}")
+x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
+
+with torch.no_grad(), autocast:
+    for k in range(num_samples):
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p)
+        print(decode(y[0].tolist()))
+        print("---------------")

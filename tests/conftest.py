@@ -1,0 +1,76 @@
+"""
+Shared helpers for the tests: paths, a runner that drives the real scripts as a user would, and small
+prepared datasets. Tests that need Tiny Shakespeare or GPT-2's BPE files read them from ../shared/data
+beside the checkout (no network needed).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+TIKTOKEN_CACHE = SHARED_DATA / "tiktoken_cache"
+
+sys.path.insert(0, str(ROOT))
+if TIKTOKEN_CACHE.is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+
+needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} is missing")
+needs_gpt2_bpe = pytest.mark.skipif("TIKTOKEN_CACHE_DIR" not in os.environ,
+                                    reason="GPT-2 BPE files: set TIKTOKEN_CACHE_DIR or provide ../shared/data")
+
+# A tiny model that trains in seconds: flags for train.py
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--eval_iters=4",
+        "--device=cpu", "--warmup_iters=5"]
+
+
+def run_script(script, *args, cwd, env=None):
+    """Run one of the project's scripts in cwd, as `python script.py args...`; return the CompletedProcess."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def assert_clean_error(result, *fragments):
+    """A failure as users should see it: non-zero exit, one line on stderr, no traceback, naming the fragments."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def sample_text(n_chars=40_000):
+    """Some English-like text: the start of Tiny Shakespeare where it is at hand, else a made-up play."""
+    if SHAKESPEARE.exists():
+        return SHAKESPEARE.read_text(encoding="utf-8")[:n_chars]
+    lines = ["ROMEO:\nBut soft, what light through yonder window breaks?\n",
+             "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n"]
+    return "".join(lines[i % 2] for i in range(n_chars // 50))[:n_chars]
+
+
+@pytest.fixture
+def char_data(tmp_path):
+    """tmp_path with data/shakespeare_char prepared from 40k characters of text; returns tmp_path."""
+    (tmp_path / "text.txt").write_text(sample_text(), encoding="utf-8")
+    result = run_script("prepare.py", "--input=text.txt", "--dataset=shakespeare_char", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return tmp_path
+
+
+def parse_losses(stdout):
+    """{iter: train-step loss} and {step: val loss} from train.py's log lines."""
+    train, val = {}, {}
+    for line in stdout.splitlines():
+        if line.startswith("iter "):
+            head, rest = line.split(":", 1)
+            train[int(head.split()[1])] = float(rest.split(",")[0].split()[1])
+        elif line.startswith("step "):
+            head, rest = line.split(":", 1)
+            val[int(head.split()[1])] = float(rest.split("val loss")[1].split(",")[0])
+    return train, val

@@ -1,0 +1,75 @@
+"""configurator.configure: config files and --key=value flags over a script's defaults, with one-line errors."""
+
+import pytest
+
+from configurator import configure
+
+DEFAULTS = dict(batch_size=12, learning_rate=1e-3, compile=False, device="auto", dataset="shakespeare_char",
+                compile_mode=None)
+
+
+def error_of(argv):
+    with pytest.raises(SystemExit) as e:
+        configure(DEFAULTS, argv)
+    return str(e.value.code)
+
+
+def test_no_arguments_keep_the_defaults():
+    assert configure(DEFAULTS, []) == DEFAULTS
+
+
+def test_flags_are_parsed_by_the_type_of_their_default():
+    config = configure(DEFAULTS, ["--batch_size=32", "--learning_rate=3e-4", "--compile=True", "--device=cuda",
+                                  "--dataset=2024", "--compile_mode=7"])
+    assert config == dict(batch_size=32, learning_rate=3e-4, compile=True, device="cuda", dataset="2024",
+                          compile_mode=7)
+    assert isinstance(config["dataset"], str)
+
+
+def test_an_int_is_fine_for_a_float_key_and_booleans_may_be_lower_case():
+    config = configure(DEFAULTS, ["--learning_rate=1", "--compile=false"])
+    assert config["learning_rate"] == 1.0 and isinstance(config["learning_rate"], float)
+    assert config["compile"] is False
+
+
+def test_quoted_strings_lose_their_quotes():
+    assert configure(DEFAULTS, ["--device='cpu'"])["device"] == "cpu"
+
+
+def test_unknown_key_suggests_the_closest():
+    message = error_of(["--batchsize=3"])
+    assert "unknown key 'batchsize'" in message and "did you mean 'batch_size'" in message
+
+
+def test_value_of_the_wrong_type_is_refused():
+    message = error_of(["--batch_size=abc"])
+    assert "batch_size must be int" in message and "'abc'" in message
+    assert "learning_rate must be float" in error_of(["--learning_rate=fast"])
+    assert "compile must be bool" in error_of(["--compile=1"])
+
+
+def test_flag_without_a_value_is_refused():
+    assert "has no value" in error_of(["--compile"])
+
+
+def test_config_file_sets_keys_and_later_flags_win(tmp_path):
+    cfg = tmp_path / "my.py"
+    cfg.write_text("import math\nbatch_size = 64\nlearning_rate = batch_size * 1e-5\n_private = 1\n")
+    config = configure(DEFAULTS, [str(cfg), "--batch_size=8"])
+    assert config["batch_size"] == 8
+    assert config["learning_rate"] == pytest.approx(64e-5)
+
+
+def test_config_file_errors_are_one_line(tmp_path):
+    assert "config file 'nope.py' not found" in error_of(["nope.py"])
+    assert "flags need two dashes" in error_of(["batch_size=3"])
+    bad_key = tmp_path / "bad_key.py"
+    bad_key.write_text("batch_szie = 3\n")
+    message = error_of([str(bad_key)])
+    assert "unknown key 'batch_szie'" in message and "did you mean 'batch_size'" in message
+    bad_type = tmp_path / "bad_type.py"
+    bad_type.write_text("batch_size = 'many'\n")
+    assert "batch_size must be int" in error_of([str(bad_type)])
+    broken = tmp_path / "broken.py"
+    broken.write_text("batch_size = 1 / 0\n")
+    assert "ZeroDivisionError" in error_of([str(broken)])

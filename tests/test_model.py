@@ -1,0 +1,167 @@
+"""model.py: GPT-2's layout and names, nanoGPT compatibility, training-time behaviour and KV-cache generation."""
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, sample_next
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    args = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=True)
+    return GPT(GPTConfig(**{**args, **overrides}))
+
+
+def nanogpt_keys(n_layer, bias):
+    """The state-dict keys of a nanoGPT model (flash attention), which are GPT-2's names."""
+    keys = ["transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight"]
+    kinds = ["ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"]
+    keys += [f"transformer.h.{i}.{kind}.weight" for i in range(n_layer) for kind in kinds]
+    keys += ["transformer.ln_f.weight"]
+    if bias:
+        keys += [f"transformer.h.{i}.{kind}.bias" for i in range(n_layer) for kind in kinds]
+        keys += ["transformer.ln_f.bias"]
+    return sorted(keys)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_state_dict_has_nanogpt_and_gpt2_names(bias):
+    model = tiny(bias=bias)
+    state = model.state_dict()
+    assert sorted(state) == nanogpt_keys(2, bias)
+    assert state["transformer.h.0.attn.c_attn.weight"].shape == (48, 16)  # (3 * n_embd, n_embd), as nanoGPT's
+    assert state["transformer.h.1.mlp.c_fc.weight"].shape == (64, 16)
+    other = tiny(bias=bias)
+    other.load_state_dict(state)  # strict: every key and shape matches
+    idx = torch.randint(50, (2, 10))
+    assert torch.equal(model(idx)[0], other(idx)[0])
+
+
+def test_tied_embedding_and_gpt2_init():
+    model = tiny(n_layer=8, n_embd=64, n_head=4)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    std = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    proj_std = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    assert std == pytest.approx(0.02, rel=0.1)
+    assert proj_std == pytest.approx(0.02 / math.sqrt(2 * 8), rel=0.1)
+    assert model.get_num_params() == model.get_num_params(non_embedding=False) - 16 * 64
+
+
+def test_forward_shapes_and_initial_loss():
+    model = tiny()
+    idx = torch.randint(50, (3, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 16, 50)
+    assert loss.item() == pytest.approx(math.log(50), abs=0.3)  # a fresh model guesses uniformly
+    logits, loss = model(idx)
+    assert logits.shape == (3, 1, 50) and loss is None
+    with pytest.raises(ValueError, match="block_size is 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_targets_of_minus_one_are_ignored():
+    model = tiny()
+    idx = torch.randint(50, (2, 8))
+    targets = idx.clone()
+    targets[:, 4:] = -1
+    _, loss = model(idx, targets)
+    logits, _ = model(idx, idx)
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].reshape(-1, 50), idx[:, :4].reshape(-1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_dropout_acts_only_in_training():
+    model = tiny(dropout=0.5)
+    idx = torch.randint(50, (2, 16))
+    model.eval()
+    assert torch.equal(model(idx, idx)[1], model(idx, idx)[1])
+    model.train()
+    assert not torch.equal(model(idx, idx)[1], model(idx, idx)[1])
+
+
+def test_causal_attention_ignores_the_future():
+    model = tiny()
+    idx = torch.randint(50, (1, 16))
+    changed = idx.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % 50
+    assert torch.allclose(model(idx, idx)[0][:, :10], model(changed, changed)[0][:, :10])
+
+
+def recompute_greedy(model, idx, max_new_tokens):
+    """nanoGPT's generation: the whole (cropped) context through the model for every new token."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5, 16])
+def test_kv_cache_greedy_equals_recomputing_within_block_size(prompt_len):
+    model = tiny(n_layer=3, vocab_size=60)
+    model.eval()
+    torch.manual_seed(1)
+    idx = torch.randint(60, (2, prompt_len))
+    n_new = 16 - prompt_len if prompt_len < 16 else 1
+    cached = model.generate(idx, n_new, top_k=1)
+    assert cached.shape == (2, prompt_len + n_new)
+    assert torch.equal(cached, recompute_greedy(model, idx, n_new))
+
+
+def test_generation_beyond_block_size_rebuilds_the_cache_from_the_last_half_block():
+    model = tiny()
+    model.eval()
+    idx = torch.randint(50, (1, 10))
+    out = model.generate(idx, 30, top_k=1)
+    assert out.shape == (1, 40) and torch.equal(out[:, :10], idx)
+    # up to a full block of context, the same as recomputing; then the cache is full, and token 17
+    # is predicted from the last 8 tokens, placed at positions 0..7
+    assert torch.equal(out[:, :17], recompute_greedy(model, idx, 7))
+    logits, _ = model(out[:, 9:17])
+    assert out[0, 17] == logits[0, -1].argmax()
+    # a prompt longer than the block is cropped to its last block_size tokens, as in nanoGPT
+    long_prompt = torch.randint(50, (1, 40))
+    assert torch.equal(model.generate(long_prompt, 1, top_k=1)[:, -1:],
+                       recompute_greedy(model, long_prompt[:, -16:], 1)[:, -1:])
+
+
+def test_sampling_with_temperature_top_k_and_top_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    torch.manual_seed(0)
+    draws = lambda **kw: {sample_next(logits, **kw).item() for _ in range(300)}
+    assert draws() == {0, 1, 2, 3}
+    assert draws(top_k=2) == {0, 1}
+    assert draws(top_p=0.75) == {0, 1}  # 0.5 + 0.3 reaches 0.75
+    assert draws(top_p=0.8) == {0, 1}  # exactly reached: the next token is not needed
+    assert draws(top_p=0.81) == {0, 1, 2}
+    assert draws(top_p=0.1) == {0}  # the most likely token always stays
+    assert draws(temperature=0.01) == {0}
+    batch = sample_next(torch.zeros(5, 7), top_k=3)
+    assert batch.shape == (5, 1)
+
+
+def test_crop_block_size():
+    model = tiny()
+    model.crop_block_size(8)
+    assert model.config.block_size == 8 and model.transformer.wpe.weight.shape == (8, 16)
+    assert model(torch.randint(50, (1, 8)))[0].shape == (1, 1, 50)
+    model.eval()
+    assert model.generate(torch.randint(50, (1, 3)), 20, top_k=1).shape == (1, 23)
+
+
+def test_optimizer_decays_matrices_only():
+    model = tiny()
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    n_params = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+    assert n_params == model.get_num_params(non_embedding=False)
+
+
+def test_estimate_mfu():
+    model = tiny()
+    flops = model.flops_per_token() * 16 * 4  # 4 sequences of block_size tokens
+    assert model.estimate_mfu(4, dt=1.0, peak_flops=flops * 2) == pytest.approx(0.5)

@@ -1,0 +1,72 @@
+"""sample.py end to end: sampling from a trained out_dir alone, seeds, prompts from files, and bad input."""
+
+import shutil
+
+import pytest
+
+from conftest import TINY, assert_clean_error, run_script
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A folder with a tiny model trained on char data in out/, and the data folder moved away."""
+    from conftest import sample_text
+    folder = tmp_path_factory.mktemp("trained")
+    (folder / "text.txt").write_text(sample_text(), encoding="utf-8")
+    assert run_script("prepare.py", "--input=text.txt", "--dataset=shakespeare_char", cwd=folder).returncode == 0
+    result = run_script("train.py", *TINY, "--max_iters=30", "--eval_interval=30", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    shutil.rmtree(folder / "data")  # sample.py needs out_dir alone
+    return folder
+
+
+def sample(folder, *args):
+    result = run_script("sample.py", "--device=cpu", *args, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_samples_start_with_the_prompt_and_end_with_separators(trained):
+    out = sample(trained, "--start=ROMEO:", "--num_samples=3", "--max_new_tokens=50")
+    samples = out.split("---------------\n")
+    assert samples[-1] == "" and len(samples) == 4
+    for text in samples[:3]:
+        assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 50 + 1  # + print's newline
+
+
+def test_same_seed_same_text_other_seed_other_text(trained):
+    args = ["--start=ROMEO:", "--num_samples=1", "--max_new_tokens=100"]
+    assert sample(trained, *args) == sample(trained, *args)
+    assert sample(trained, *args, "--seed=1") != sample(trained, *args)
+
+
+def test_prompt_from_a_file_and_sampling_options(trained):
+    (trained / "prompt.txt").write_text("JULIET:\nO", encoding="utf-8")
+    out = sample(trained, "--start=FILE:prompt.txt", "--num_samples=1", "--max_new_tokens=20", "--top_p=0.9",
+                 "--top_k=0", "--temperature=1.3")
+    assert out.startswith("JULIET:\nO")
+    greedy = sample(trained, "--start=A", "--num_samples=2", "--max_new_tokens=30", "--top_k=1")
+    first, second, _ = greedy.split("---------------\n")
+    assert first == second  # top_k=1 is greedy: nothing left to chance
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--start=ROMEO: ~ä"], ["characters not in the vocabulary", "~ä"]),
+    (["--start=FILE:nowhere.txt"], ["prompt file 'nowhere.txt' not found"]),
+    (["--start="], ["the prompt is empty"]),
+    (["--out_dir=empty"], ["no checkpoint at empty/ckpt.pt"]),
+    (["--max_new_tokens=-5"], ["max_new_tokens must be 0 or more"]),
+    (["--temperature=0"], ["temperature must be above 0"]),
+    (["--top_p=0"], ["top_p must be in (0, 1]"]),
+    (["--num_sample=3"], ["unknown key 'num_sample'", "did you mean 'num_samples'"]),
+    (["--device=cuda"], ["device 'cuda' is not available"]),
+    (["--init_from=gpt9"], ["unknown init_from 'gpt9'"]),
+])
+def test_bad_input_is_a_clean_error(trained, args, fragments):
+    assert_clean_error(run_script("sample.py", "--device=cpu", *args, cwd=trained), *fragments)
+
+
+def test_corrupted_checkpoint_is_a_clean_error(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "ckpt.pt").write_bytes(b"\x80\x02not really a checkpoint")
+    assert_clean_error(run_script("sample.py", "--device=cpu", cwd=tmp_path), "not a readable checkpoint")

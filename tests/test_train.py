@@ -1,0 +1,134 @@
+"""train.py end to end, as a user runs it: training, checkpoints, resume, determinism, torchrun, bad input."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, assert_clean_error, parse_losses, run_script
+
+
+def train(cwd, *args):
+    result = run_script("train.py", *TINY, *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_loss_falls_and_the_checkpoint_is_self_contained(char_data):
+    result = train(char_data, "--max_iters=60", "--eval_interval=20", "--log_interval=10")
+    train_losses, val_losses = parse_losses(result.stdout)
+    assert sorted(train_losses) == [0, 10, 20, 30, 40, 50]
+    assert sorted(val_losses) == [0, 20, 40, 60]
+    assert val_losses[60] < val_losses[0] - 0.8  # from ~ln(vocab) towards the unigram entropy and below
+    assert "device cpu, dtype float32" in result.stdout
+    assert "mfu" in result.stdout and "time" in result.stdout
+    checkpoint = torch.load(char_data / "out" / "ckpt.pt", weights_only=True)
+    assert checkpoint["iter_num"] == 60
+    assert checkpoint["model_args"]["n_layer"] == 2 and checkpoint["config"]["max_iters"] == 60
+    assert checkpoint["tokenizer"]["tokenizer"] == "char"
+    assert checkpoint["best_val_loss"] == pytest.approx(val_losses[60], abs=1e-4)
+    assert not any(name.startswith("_orig_mod.") for name in checkpoint["model"])
+    assert not list((char_data / "out").glob("*.tmp"))
+
+
+def test_same_seed_gives_the_same_losses_and_another_seed_does_not(char_data):
+    args = ["--max_iters=20", "--eval_interval=10", "--log_interval=1", "--dropout=0.1"]
+    first, second = parse_losses(train(char_data, *args).stdout), parse_losses(train(char_data, *args).stdout)
+    assert first == second
+    assert parse_losses(train(char_data, *args, "--seed=7").stdout)[0] != first[0]
+
+
+def test_resume_continues_exactly(char_data):
+    args = ["--max_iters=30", "--lr_decay_iters=30", "--eval_interval=15", "--log_interval=1", "--dropout=0.1"]
+    straight = parse_losses(train(char_data, *args, "--out_dir=straight").stdout)
+    train(char_data, *args, "--out_dir=halves", "--max_iters=15")
+    resumed = train(char_data, *args, "--out_dir=halves", "--init_from=resume")
+    assert "resuming from halves/ckpt.pt at iter 15; changed: max_iters 15 -> 30" in resumed.stdout
+    resumed_losses = parse_losses(resumed.stdout)
+    assert sorted(resumed_losses[0]) == list(range(15, 30))
+    assert all(resumed_losses[0][i] == straight[0][i] for i in range(15, 30))
+    assert resumed_losses[1][30] == straight[1][30]
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(char_data):
+    """The global batch is drawn as one: 2 micro-batches of 8 are the same sequences as 1 of 16."""
+    common = ["--max_iters=10", "--eval_interval=10", "--log_interval=1"]
+    accumulated = parse_losses(train(char_data, *common, "--gradient_accumulation_steps=2").stdout)
+    whole = parse_losses(train(char_data, *common, "--batch_size=16", "--out_dir=whole").stdout)
+    for it in range(10):
+        assert accumulated[0][it] == pytest.approx(whole[0][it], abs=2e-4)
+
+
+def test_torchrun_trains_the_same_model_as_one_process(char_data):
+    common = [*TINY, "--max_iters=8", "--eval_interval=8", "--log_interval=1", "--gradient_accumulation_steps=2"]
+    single = parse_losses(run_script("train.py", *common, "--out_dir=single", cwd=char_data).stdout)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run([*torchrun, str(ROOT / "train.py"), *common, "--out_dir=ddp"], cwd=char_data,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "2 process(es)" in result.stdout and result.stdout.count("step 8:") == 1  # rank 0 alone logs
+    ddp = parse_losses(result.stdout)
+    for it in range(8):
+        assert ddp[0][it] == pytest.approx(single[0][it], abs=2e-4)
+    assert ddp[1][8] == pytest.approx(single[1][8], abs=2e-4)
+    a = torch.load(char_data / "single" / "ckpt.pt", weights_only=True)["model"]
+    b = torch.load(char_data / "ddp" / "ckpt.pt", weights_only=True)["model"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_eval_only_writes_nothing(char_data):
+    result = train(char_data, "--eval_only=True")
+    assert "step 0: train loss" in result.stdout and "iter " not in result.stdout
+    assert not (char_data / "out" / "ckpt.pt").exists()
+
+
+def test_the_shakespeare_config_file_works_with_nanogpt_cpu_flags(char_data):
+    result = run_script("train.py", ROOT / "config" / "shakespeare_char.py",
+                        "--device=cpu", "--compile=False", "--eval_iters=2", "--log_interval=1", "--block_size=64",
+                        "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=3",
+                        "--lr_decay_iters=2000", "--dropout=0.0", cwd=char_data)
+    assert result.returncode == 0, result.stderr
+    assert "iter 2: loss" in result.stdout and "step 3: train loss" in result.stdout
+
+
+def corrupt_checkpoint(folder):
+    (folder / "out").mkdir()
+    (folder / "out" / "ckpt.pt").write_bytes(b"PK\x03\x04 truncated")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--batchsize=4"], ["unknown key 'batchsize'", "did you mean 'batch_size'"]),
+    (["--batch_size=big"], ["batch_size must be int"]),
+    (["--learning_rate=fast"], ["learning_rate must be float"]),
+    (["missing_config.py"], ["config file 'missing_config.py' not found"]),
+    (["--dataset=novel"], ["dataset 'novel' is not prepared", "python prepare.py --input=YOUR_TEXT --dataset=novel"]),
+    (["--init_from=resume"], ["no checkpoint at out/ckpt.pt"]),
+    (["--init_from=gpt3"], ["unknown init_from 'gpt3'"]),
+    (["--n_embd=30", "--n_head=4"], ["n_embd (30) must be divisible by n_head (4)"]),
+    (["--device=cuda"], ["device 'cuda' is not available"]),
+    (["--device=tpu"], ["unknown device 'tpu'"]),
+    (["--dtype=fp8"], ["unknown dtype 'fp8'"]),
+    (["--block_size=5000"], ["block_size=5000 is too long", "val.bin", "4000 tokens"]),
+    (["--compile=maybe"], ["compile must be True or False"]),
+])
+def test_bad_settings_are_clean_errors(char_data, args, fragments):
+    result = run_script("train.py", *TINY, "--max_iters=2", *args, cwd=char_data)
+    assert_clean_error(result, *fragments)
+
+
+def test_unprepared_default_dataset_names_the_prepare_command(tmp_path):
+    assert_clean_error(run_script("train.py", cwd=tmp_path), "python prepare.py")
+
+
+def test_corrupted_checkpoint_is_a_clean_error_and_stays(char_data):
+    corrupt_checkpoint(char_data)
+    result = run_script("train.py", *TINY, "--init_from=resume", cwd=char_data)
+    assert_clean_error(result, "not a readable checkpoint", "truncated or corrupted")
+    assert (char_data / "out" / "ckpt.pt").read_bytes() == b"PK\x03\x04 truncated"
+
+
+def test_resuming_with_another_model_shape_is_refused(char_data):
+    train(char_data, "--max_iters=2", "--eval_interval=2")
+    result = run_script("train.py", *TINY, "--n_layer=3", "--init_from=resume", cwd=char_data)
+    assert_clean_error(result, "model differs", "n_layer=2 (asked 3)")

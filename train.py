@@ -1,0 +1,398 @@
+"""
+Train a GPT on the token ids that prepare.py wrote, on a CPU, one GPU, or many through torchrun.
+
+    python train.py                                   # a small model on data/shakespeare_char, minutes on a CPU
+    python train.py config/shakespeare_char.py        # nanoGPT's 6x6x384 Shakespeare model, for a GPU
+    python train.py config/shakespeare_char.py --device=cpu --compile=False --max_iters=2000
+    python train.py --init_from=resume                # continue from out_dir/ckpt.pt
+    torchrun --standalone --nproc_per_node=4 train.py # data-parallel over 4 processes (GPUs, or CPU with gloo)
+
+Every setting is a module-level value below. Config files (Python files of assignments, e.g.
+config/shakespeare_char.py) and then --key=value flags override them; see configurator.py.
+
+The loop: every eval_interval steps, estimate the train and val loss and save out_dir/ckpt.pt when
+val improves (or always, with always_save_checkpoint); every step, accumulate gradients over
+gradient_accumulation_steps micro-batches, clip them and take an AdamW step on a warmup-then-cosine
+learning rate. The checkpoint is self-contained (weights, model shape, optimizer, progress, config and
+tokenizer), so that sample.py needs nothing but out_dir, and it is read back with weights_only=True.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import configure, fail, resolve_device, resolve_dtype
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# default config values: a small character-level model that trains in a few minutes on a laptop CPU
+# I/O
+out_dir = "out"
+eval_interval = 250
+log_interval = 10
+eval_iters = 20  # batches per split in each loss estimate
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+# wandb logging
+wandb_log = False
+wandb_project = "owt"
+wandb_run_name = "gpt2"
+# data
+dataset = "shakespeare_char"  # reads data/DATASET/{train,val}.bin and meta.json
+gradient_accumulation_steps = 1  # micro-batches per step, summed over all processes
+batch_size = 12  # sequences per micro-batch
+block_size = 64  # tokens per sequence
+# model
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0  # 0 for pretraining, 0.1+ for finetuning or small data
+bias = False  # biases in Linears and LayerNorms
+# AdamW optimizer
+learning_rate = 1e-3  # max learning rate
+max_iters = 2000  # total optimizer steps
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # clip gradients at this norm, 0.0 to disable
+# learning rate schedule
+decay_lr = True  # warm up, then cosine-decay to min_lr; False: constant learning_rate
+warmup_iters = 100
+lr_decay_iters = 2000  # ~= max_iters per Chinchilla
+min_lr = 1e-4  # ~= learning_rate / 10 per Chinchilla
+# system
+backend = "auto"  # torch.distributed backend: 'auto' picks nccl for CUDA, gloo for CPU
+device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16 there; float32 elsewhere), 'float32', 'bfloat16', 'float16'
+compile = None  # torch.compile the model; None: on for CUDA, off elsewhere
+seed = 1337
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
+config = configure({k: globals()[k] for k in config_keys}, sys.argv[1:])
+globals().update(config)
+# -----------------------------------------------------------------------------
+# check the settings before anything slow happens
+
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+if init_from not in ("scratch", "resume"):
+    fail(f"unknown init_from '{init_from}': use 'scratch' or 'resume'")
+if n_embd % n_head != 0:
+    fail(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
+if compile not in (None, True, False):
+    fail(f"compile must be True or False, got {compile!r}")
+for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps", "eval_interval",
+            "eval_iters", "log_interval"):
+    if config[key] < 1:
+        fail(f"{key} must be at least 1, got {config[key]}")
+data_dir = os.path.join("data", dataset)
+if not os.path.exists(os.path.join(data_dir, "train.bin")):
+    how = "python prepare.py" if dataset == "shakespeare_char" else f"python prepare.py --input=YOUR_TEXT --dataset={dataset}"
+    fail(f"dataset '{dataset}' is not prepared: {data_dir}/train.bin is missing; make it with: {how}")
+with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
+    meta = json.load(f)
+split_tokens = {split: os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // 2 for split in ("train", "val")}
+for split, n_tokens in split_tokens.items():
+    if n_tokens <= block_size:
+        fail(f"block_size={block_size} is too long for {data_dir}/{split}.bin, which has {n_tokens} tokens; "
+             f"use a smaller --block_size or more text")
+
+# -----------------------------------------------------------------------------
+# processes and devices
+
+ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+device = resolve_device(device)
+device_type = device.split(":")[0]
+if ddp:
+    ddp_rank = int(os.environ["RANK"])
+    ddp_local_rank = int(os.environ["LOCAL_RANK"])
+    ddp_world_size = int(os.environ["WORLD_SIZE"])
+    if device_type == "cuda":
+        device = f"cuda:{ddp_local_rank}"
+        torch.cuda.set_device(device)
+    else:  # share the cores among the processes on this machine instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
+    if backend == "auto":
+        backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    master_process = ddp_rank == 0  # logs and writes checkpoints
+    if gradient_accumulation_steps % ddp_world_size != 0:
+        fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
+             f"of processes ({ddp_world_size})")
+else:
+    ddp_rank, ddp_world_size, master_process = 0, 1, True
+micro_steps = gradient_accumulation_steps // ddp_world_size  # micro-batches of this process per step
+tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
+dtype = resolve_dtype(dtype, device_type)
+if compile is None:
+    compile = device_type == "cuda"
+if master_process:
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es), compile {compile}")
+    print(f"tokens per iteration will be: {tokens_per_iter:,}")
+
+torch.manual_seed(seed + ddp_rank)  # dropout masks differ across processes
+torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+# -----------------------------------------------------------------------------
+# data: random windows of block_size + 1 tokens, drawn from a seeded generator keyed by what the batch is for,
+# so that a batch never depends on how many processes share it or on where a run was resumed
+
+SPLIT_STREAMS = {"train": 0, "val": 1, "train_eval": 2}
+
+
+def get_batch(split, n, *key):
+    """n sequences (x, y) of split; `key` picks which (the same key gives the same batch)."""
+    # a fresh memmap per batch: a long-lived one grows in memory (https://stackoverflow.com/q/45132940)
+    data = np.memmap(os.path.join(data_dir, f"{'val' if split == 'val' else 'train'}.bin"), dtype=np.uint16, mode="r")
+    rng = np.random.default_rng([seed, SPLIT_STREAMS[split], *key])
+    starts = rng.integers(0, len(data) - block_size, size=n)
+    windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (n, T+1)
+    x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    if device_type == "cuda":
+        # pinned memory lets the copy to the GPU run alongside the computation
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def train_batches(iter_num):
+    """This process's micro-batches, step after step: a slice of the step's global batch each."""
+    while True:
+        global_batch = get_batch("train", gradient_accumulation_steps * batch_size, iter_num)
+        for micro_step in range(micro_steps):
+            part = slice((ddp_rank * micro_steps + micro_step) * batch_size,
+                         (ddp_rank * micro_steps + micro_step + 1) * batch_size)
+            yield global_batch[0][part], global_batch[1][part]
+        iter_num += 1
+
+
+# -----------------------------------------------------------------------------
+# model and optimizer
+
+# GPT-2's 50257 tokens are padded to a multiple of 64, as in nanoGPT, for faster matrix products
+vocab_size = meta["vocab_size"] if meta["tokenizer"] == "char" else math.ceil(meta["vocab_size"] / 64) * 64
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                  vocab_size=vocab_size, dropout=dropout)
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+iter_num = 0
+best_val_loss = float("inf")
+checkpoint = None
+if init_from == "resume":
+    if not os.path.exists(ckpt_path):
+        fail(f"cannot resume: there is no checkpoint at {ckpt_path}; train from scratch first, or set --out_dir")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, corrupted, or not a checkpoint at all
+        fail(f"cannot resume: {ckpt_path} is not a readable checkpoint ({type(e).__name__}); "
+             f"it may be truncated or corrupted")
+    different = [f"{k}={checkpoint['model_args'][k]!r} (asked {model_args[k]!r})"
+                 for k in MODEL_KEYS if checkpoint["model_args"][k] != model_args[k]]
+    if different:
+        fail(f"cannot resume: the checkpoint's model differs: {', '.join(different)}; "
+             f"use the settings it was trained with, or a new --out_dir")
+    changed = [f"{k} {checkpoint['config'][k]!r} -> {v!r}" for k, v in config.items()
+               if k != "init_from" and checkpoint["config"].get(k) != v]
+    iter_num = checkpoint["iter_num"]
+    best_val_loss = checkpoint["best_val_loss"]
+    if master_process:
+        print(f"resuming from {ckpt_path} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
+
+model = GPT(GPTConfig(**model_args))
+if checkpoint is not None:
+    model.load_state_dict(checkpoint["model"])
+model.to(device)
+if master_process:
+    print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+
+# fp16 needs its gradients scaled up to stay representable; a no-op for other dtypes
+scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16" and device_type != "mps")
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["rng_cpu"][ddp_rank % len(checkpoint["rng_cpu"])].cpu())
+    if device_type == "cuda" and checkpoint["rng_cuda"]:
+        torch.cuda.set_rng_state(checkpoint["rng_cuda"][ddp_rank % len(checkpoint["rng_cuda"])].cpu())
+checkpoint = None  # free the memory
+
+raw_model = model  # what gets saved: never the compiled or DDP wrapper
+if compile:
+    if master_process:
+        print("compiling the model... (takes a ~minute)")
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
+
+
+def device_peak_flops():
+    """Peak FLOP/s of one device at this dtype, for MFU: a table for GPUs, a measured matrix product on CPUs."""
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        # dense bf16/fp16 tensor-core peaks, from the vendors' data sheets
+        table = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
+                 ("4090", 165e12), ("A10", 125e12), ("V100", 125e12), ("T4", 65e12)]
+        peak = next((flops for key, flops in table if key in name), 312e12)
+        return peak if dtype != "float32" else peak / 2  # TF32 runs at half the 16-bit rate
+    if device_type == "mps":
+        return 10e12  # roughly an M-series GPU's fp32 peak
+    a = torch.full((1024, 1024), 0.5, dtype=ptdtype)  # not random: the RNG state belongs to training
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ a
+        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - t))
+    return best
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters fixed batches per split, shared out among the processes."""
+    out = {}
+    model.eval()
+    for split in ("train_eval", "val"):
+        total = torch.zeros((), device=device)
+        for k in range(ddp_rank, eval_iters, ddp_world_size):
+            X, Y = get_batch(split, batch_size, k)
+            with autocast:
+                _, loss = model(X, Y)
+            total += loss.float()
+        if ddp:
+            dist.all_reduce(total)
+        out["train" if split == "train_eval" else "val"] = total.item() / eval_iters
+    model.train()
+    return out
+
+
+def get_lr(it):
+    """Linear warmup for warmup_iters, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def save_checkpoint():
+    """Write ckpt.pt atomically: a crash mid-write leaves the previous checkpoint intact."""
+    checkpoint = {
+        "model": raw_model.state_dict(),
+        "model_args": model_args,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "iter_num": iter_num,
+        "best_val_loss": best_val_loss,
+        "config": config,
+        "tokenizer": meta,
+        "rng_cpu": gather_rng_states(torch.get_rng_state()),
+        "rng_cuda": gather_rng_states(torch.cuda.get_rng_state(device)) if device_type == "cuda" else [],
+    }
+    if not master_process:
+        return
+    tmp_path = ckpt_path + ".tmp"
+    with open(tmp_path, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_path, ckpt_path)
+    print(f"saving checkpoint to {ckpt_path}")
+
+
+def gather_rng_states(state):
+    """Every process's RNG state, so that dropout continues exactly after a resume."""
+    if not ddp:
+        return [state]
+    states = [None] * ddp_world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+# -----------------------------------------------------------------------------
+# training loop
+
+if wandb_log and master_process:
+    try:
+        import wandb
+    except ImportError:
+        fail("wandb_log=True needs the wandb package: pip install wandb (or leave wandb_log off)")
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+peak_flops = device_peak_flops() if master_process else 0.0
+batches = train_batches(iter_num)
+X, Y = next(batches)  # fetch the very first batch
+t0 = time.time()
+local_iter_num = 0  # iterations in this process's lifetime
+running_mfu = -1.0
+while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = lr
+
+    # evaluate the loss on train/val sets and write checkpoints
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        losses = estimate_loss()
+        if master_process:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if wandb_log:
+                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                           "mfu": running_mfu * 100})
+        if losses["val"] < best_val_loss or always_save_checkpoint:
+            best_val_loss = min(best_val_loss, losses["val"])
+            if iter_num > 0:
+                save_checkpoint()
+    if iter_num >= max_iters or eval_only:
+        break
+
+    # forward, backward, update, with gradient accumulation over micro_steps micro-batches
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(micro_steps):
+        if ddp:
+            # synchronize gradients only at the last micro-step: the others would be wasted traffic
+            model.require_backward_grad_sync = micro_step == micro_steps - 1
+        with autocast:
+            logits, loss = model(X, Y)
+            loss = loss / micro_steps  # the mean over the micro-batches
+        X, Y = next(batches)  # fetch the next batch while the model works on this one (async on CUDA)
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    # timing and logging
+    t1 = time.time()
+    dt = t1 - t0
+    t0 = t1
+    if iter_num % log_interval == 0:
+        if ddp:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        lossf = loss_sum.item()  # a CPU-GPU sync point
+        if not math.isfinite(lossf):
+            last = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
+            fail(f"loss is {lossf} at iter {iter_num}: training diverged; {last}. "
+                 f"Try a lower learning_rate or grad_clip")
+        if master_process:
+            if local_iter_num >= 5:  # let the training loop settle a bit
+                mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, peak_flops)
+                running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%")
+    iter_num += 1
+    local_iter_num += 1
+
+if ddp:
+    dist.destroy_process_group()
