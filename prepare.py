@@ -31,7 +31,7 @@ from tqdm import tqdm
 from configurator import configure, fail
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-CHUNK_CHARS = 1 << 23  # characters read at a time: a few tens of MB of working memory
+CHUNK_CHARS = 1 << 20  # characters read at a time: memory stays at a few tens of MB
 
 # -----------------------------------------------------------------------------
 # default config values, overridden by --key=value flags (see configurator.py)

@@ -74,6 +74,8 @@ try:
     checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
 except Exception as e:  # truncated, corrupted, or not a checkpoint at all
     fail(f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupted")
+if not isinstance(checkpoint, dict) or not {"model", "model_args", "tokenizer"} <= checkpoint.keys():
+    fail(f"{ckpt_path} was not written by this project's train.py: it lacks the model or its tokenizer")
 model = GPT(GPTConfig(**checkpoint["model_args"]))
 model.load_state_dict(checkpoint["model"])
 model.eval()

@@ -83,6 +83,8 @@ globals().update(config)
 # check the settings before anything slow happens
 
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+CHECKPOINT_KEYS = {"model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "config", "tokenizer",
+                   "rng_cpu", "rng_cuda"}
 if init_from not in ("scratch", "resume"):
     fail(f"unknown init_from '{init_from}': use 'scratch' or 'resume'")
 if n_embd % n_head != 0:
@@ -94,9 +96,10 @@ for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "gradient
     if config[key] < 1:
         fail(f"{key} must be at least 1, got {config[key]}")
 data_dir = os.path.join("data", dataset)
-if not os.path.exists(os.path.join(data_dir, "train.bin")):
+missing = [name for name in ("train.bin", "val.bin", "meta.json") if not os.path.exists(os.path.join(data_dir, name))]
+if missing:
     how = "python prepare.py" if dataset == "shakespeare_char" else f"python prepare.py --input=YOUR_TEXT --dataset={dataset}"
-    fail(f"dataset '{dataset}' is not prepared: {data_dir}/train.bin is missing; make it with: {how}")
+    fail(f"dataset '{dataset}' is not prepared: {data_dir}/{missing[0]} is missing; make it with: {how}")
 with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
     meta = json.load(f)
 split_tokens = {split: os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // 2 for split in ("train", "val")}
@@ -195,6 +198,8 @@ if init_from == "resume":
     except Exception as e:  # truncated, corrupted, or not a checkpoint at all
         fail(f"cannot resume: {ckpt_path} is not a readable checkpoint ({type(e).__name__}); "
              f"it may be truncated or corrupted")
+    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+        fail(f"cannot resume: {ckpt_path} was not written by this train.py (it lacks some of {sorted(CHECKPOINT_KEYS)})")
     different = [f"{k}={checkpoint['model_args'][k]!r} (asked {model_args[k]!r})"
                  for k in MODEL_KEYS if checkpoint["model_args"][k] != model_args[k]]
     if different:
@@ -348,7 +353,7 @@ while True:
             if wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
                            "mfu": running_mfu * 100})
-        if losses["val"] < best_val_loss or always_save_checkpoint:
+        if (losses["val"] < best_val_loss or always_save_checkpoint) and not eval_only:
             best_val_loss = min(best_val_loss, losses["val"])
             if iter_num > 0:
                 save_checkpoint()

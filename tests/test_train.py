@@ -79,8 +79,13 @@ def test_torchrun_trains_the_same_model_as_one_process(char_data):
 
 def test_eval_only_writes_nothing(char_data):
     result = train(char_data, "--eval_only=True")
-    assert "step 0: train loss" in result.stdout and "iter " not in result.stdout
+    assert "step 0: train loss" in result.stdout and not parse_losses(result.stdout)[0]
     assert not (char_data / "out" / "ckpt.pt").exists()
+    train(char_data, "--max_iters=4", "--eval_interval=4")
+    saved = (char_data / "out" / "ckpt.pt").read_bytes()
+    result = train(char_data, "--max_iters=4", "--init_from=resume", "--eval_only=True", "--eval_iters=9")
+    assert "step 4: train loss" in result.stdout and not parse_losses(result.stdout)[0]
+    assert (char_data / "out" / "ckpt.pt").read_bytes() == saved
 
 
 def test_the_shakespeare_config_file_works_with_nanogpt_cpu_flags(char_data):
@@ -132,3 +137,9 @@ def test_resuming_with_another_model_shape_is_refused(char_data):
     train(char_data, "--max_iters=2", "--eval_interval=2")
     result = run_script("train.py", *TINY, "--n_layer=3", "--init_from=resume", cwd=char_data)
     assert_clean_error(result, "model differs", "n_layer=2 (asked 3)")
+
+
+def test_resuming_from_a_foreign_checkpoint_is_refused(char_data):
+    (char_data / "out").mkdir()
+    torch.save({"model": {}, "iter_num": 3}, char_data / "out" / "ckpt.pt")
+    assert_clean_error(run_script("train.py", *TINY, "--init_from=resume", cwd=char_data), "not written by this train.py")
