@@ -20,6 +20,7 @@ tokenizer), so that sample.py needs nothing but out_dir, and it is read back wit
 import json
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -107,6 +108,25 @@ for split, n_tokens in split_tokens.items():
     if n_tokens <= block_size:
         fail(f"block_size={block_size} is too long for {data_dir}/{split}.bin, which has {n_tokens} tokens; "
              f"use a smaller --block_size or more text")
+
+# -----------------------------------------------------------------------------
+# Ctrl-C (SIGINT), or SIGTERM as clusters send before preempting a job: finish the current step, save a
+# checkpoint and exit (a signal during start-up counts for the first step); a second signal quits at once.
+interrupted = False
+
+
+def on_signal(signum, frame):
+    global interrupted
+    if interrupted:
+        sys.exit(f"{signal.Signals(signum).name} again: quitting at once, without saving")
+    interrupted = True
+    if int(os.environ.get("RANK", 0)) == 0:  # one message, not one per process
+        print(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+              f"(send it again to quit at once)", flush=True)
+
+
+signal.signal(signal.SIGINT, on_signal)
+signal.signal(signal.SIGTERM, on_signal)
 
 # -----------------------------------------------------------------------------
 # processes and devices
@@ -334,6 +354,16 @@ if wandb_log and master_process:
         fail("wandb_log=True needs the wandb package: pip install wandb (or leave wandb_log off)")
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
+
+
+def check_finite(loss, what):
+    """Stop on a non-finite loss, before it trains further or gets saved over the last good checkpoint."""
+    if not math.isfinite(loss):
+        last = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
+        fail(f"{what} is {loss} at iter {iter_num}: training diverged; {last}. "
+             f"Try a lower learning_rate, or grad_clip=1.0")
+
+
 peak_flops = device_peak_flops() if master_process else 0.0
 batches = train_batches(iter_num)
 X, Y = next(batches)  # fetch the very first batch
@@ -348,6 +378,7 @@ while True:
     # evaluate the loss on train/val sets and write checkpoints
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         losses = estimate_loss()
+        check_finite(losses["val"], "val loss")
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             if wandb_log:
@@ -387,10 +418,7 @@ while True:
         if ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         lossf = loss_sum.item()  # a CPU-GPU sync point
-        if not math.isfinite(lossf):
-            last = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
-            fail(f"loss is {lossf} at iter {iter_num}: training diverged; {last}. "
-                 f"Try a lower learning_rate or grad_clip")
+        check_finite(lossf, "loss")
         if master_process:
             if local_iter_num >= 5:  # let the training loop settle a bit
                 mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, peak_flops)
@@ -398,6 +426,16 @@ while True:
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%")
     iter_num += 1
     local_iter_num += 1
+    if ddp:  # stop together: a process that saved alone would wait forever for the others
+        stop = torch.tensor(float(interrupted), device=device)
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        interrupted = stop.item() > 0
+    if interrupted:
+        save_checkpoint()
+        if master_process:
+            print(f"interrupted at iter {iter_num}: checkpoint saved to {ckpt_path}; "
+                  f"continue with --init_from=resume")
+        break
 
 if ddp:
     dist.destroy_process_group()
