@@ -5,7 +5,7 @@ The whole GPT language model in one file: GPT-2's architecture, GPT-2's paramete
 - GPT: token and position embeddings, n_layer transformer blocks (causal self-attention
   and an MLP, each behind a LayerNorm on a residual stream), a final LayerNorm and a
   language-model head that shares its weights with the token embedding.
-- GPT.generate: sampling with temperature, top-k and top-p, through a KV cache.
+- GPT.generate, GPT.generate_stream: sampling with temperature, top-k and top-p, through a KV cache.
 - GPT.configure_optimizers, GPT.estimate_mfu, GPT.crop_block_size, GPT.get_num_params.
 
 A state dict saved by nanoGPT loads into this model, and the other way round.
@@ -231,13 +231,20 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
         """
         Continue each row of idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
-        Call model.eval() first. The prompt is processed once into a KV cache, then each new token
-        costs one single-token step. Within block_size this gives exactly what recomputing the whole
-        context at every step gives. Past block_size the learned position embeddings have no room
-        left, so when the cache is full it is rebuilt from the last block_size // 2 tokens at
-        positions 0, 1, ...: each new token then sees between half a block and a whole block of
-        context (nanoGPT's recomputation always sees the last full block, at the cost of a
-        whole-block forward pass per token).
+        Call model.eval() first. See generate_stream for how the context is handled.
+        """
+        return torch.cat([idx, *self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p)], dim=1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
+        """
+        Yield the new tokens (B, 1) of each row of idx (B, T) one step at a time, as they are sampled.
+        The prompt is processed once into a KV cache, then each new token costs one single-token step.
+        Within block_size this gives exactly what recomputing the whole context at every step gives.
+        Past block_size the learned position embeddings have no room left, so when the cache is full
+        it is rebuilt from the last block_size // 2 tokens at positions 0, 1, ...: each new token then
+        sees between half a block and a whole block of context (nanoGPT's recomputation always sees
+        the last full block, at the cost of a whole-block forward pass per token).
         """
         block_size = self.config.block_size
         cache = KVCache(self.config.n_layer, block_size)
@@ -250,8 +257,7 @@ class GPT(nn.Module):
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             fresh = idx_next
-        return idx
-
+            yield idx_next
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     """Draw one token per row from logits (B, vocab_size): temperature, then top-k, then top-p (nucleus)."""

@@ -6,8 +6,8 @@ Sample text from a model that train.py trained.
     python sample.py --out_dir=out-big --temperature=0.5 --top_p=0.9 --seed=7
 
 The checkpoint carries the model and its tokenizer, so out_dir is all this needs: the data folder may
-be gone. Each sample is printed, then a separator line, as nanoGPT does; the same seed gives the same
-text on the same machine.
+be gone. Each sample is printed, then a separator line, as nanoGPT does; a single sample is printed as
+it is generated. The same seed gives the same text on the same machine.
 """
 
 import os
@@ -90,8 +90,26 @@ except ValueError as e:
     fail(f"the prompt cannot be encoded with this model's tokenizer: {e}")
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
 
+
+
+def print_as_generated(tokens):
+    """Print the text of a growing token list as it grows: decode it whole, print what is new."""
+    ids, shown = x[0].tolist(), ""
+    for token in tokens:
+        ids.append(token.item())
+        text = decode(ids)
+        # a character split across BPE tokens decodes as U+FFFD until its last byte arrives
+        if not text.endswith("\ufffd"):
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    print(decode(ids)[len(shown):])
+
+
 with torch.no_grad(), autocast:
     for k in range(num_samples):
-        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p)
-        print(decode(y[0].tolist()))
+        tokens = model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p)
+        if num_samples == 1:  # one sample: show the text as it is written
+            print_as_generated(tokens)
+        else:
+            print(decode(torch.cat([x, *tokens], dim=1)[0].tolist()))
         print("---------------")

@@ -28,6 +28,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, fail, resolve_device, resolve_dtype
@@ -75,6 +78,7 @@ backend = "auto"  # torch.distributed backend: 'auto' picks nccl for CUDA, gloo 
 device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16 there; float32 elsewhere), 'float32', 'bfloat16', 'float16'
 compile = None  # torch.compile the model; None: on for CUDA, off elsewhere
+fsdp = False  # under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2) instead of DDP
 seed = 1337
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
@@ -84,8 +88,8 @@ globals().update(config)
 # check the settings before anything slow happens
 
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
-CHECKPOINT_KEYS = {"model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "config", "tokenizer",
-                   "rng_cpu", "rng_cuda"}
+CHECKPOINT_KEYS = {"model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "best_iter", "config",
+                   "tokenizer", "rng_cpu", "rng_cuda"}
 if init_from not in ("scratch", "resume"):
     fail(f"unknown init_from '{init_from}': use 'scratch' or 'resume'")
 if n_embd % n_head != 0:
@@ -134,6 +138,7 @@ signal.signal(signal.SIGTERM, on_signal)
 ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
 device = resolve_device(device)
 device_type = device.split(":")[0]
+dtype = resolve_dtype(dtype, device_type)
 if ddp:
     ddp_rank = int(os.environ["RANK"])
     ddp_local_rank = int(os.environ["LOCAL_RANK"])
@@ -147,22 +152,25 @@ if ddp:
         backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
     master_process = ddp_rank == 0  # logs and writes checkpoints
+    if fsdp and dtype == "float16":
+        fail("fsdp=True trains in bfloat16 or float32: use --dtype=bfloat16 (float16 would need a sharded gradient scaler)")
     if gradient_accumulation_steps % ddp_world_size != 0:
         fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
              f"of processes ({ddp_world_size})")
 else:
+    if fsdp:
+        fail("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
     ddp_rank, ddp_world_size, master_process = 0, 1, True
 micro_steps = gradient_accumulation_steps // ddp_world_size  # micro-batches of this process per step
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
-dtype = resolve_dtype(dtype, device_type)
 if compile is None:
     compile = device_type == "cuda"
 if master_process:
     os.makedirs(out_dir, exist_ok=True)
-    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es), compile {compile}")
+    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es){' (FSDP)' if fsdp else ''}, compile {compile}")
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
 
-torch.manual_seed(seed + ddp_rank)  # dropout masks differ across processes
+torch.manual_seed(seed)  # the same initial weights in every process (FSDP shards them without a broadcast)
 torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later
 ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
@@ -209,6 +217,7 @@ model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=bloc
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 iter_num = 0
 best_val_loss = float("inf")
+best_iter = 0  # the iteration of best_val_loss
 checkpoint = None
 if init_from == "resume":
     if not os.path.exists(ckpt_path):
@@ -228,22 +237,30 @@ if init_from == "resume":
     changed = [f"{k} {checkpoint['config'][k]!r} -> {v!r}" for k, v in config.items()
                if k != "init_from" and checkpoint["config"].get(k) != v]
     iter_num = checkpoint["iter_num"]
-    best_val_loss = checkpoint["best_val_loss"]
+    best_val_loss, best_iter = checkpoint["best_val_loss"], checkpoint["best_iter"]
     if master_process:
         print(f"resuming from {ckpt_path} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
 
 model = GPT(GPTConfig(**model_args))
+torch.manual_seed(seed + ddp_rank)  # but different dropout masks
 if checkpoint is not None:
     model.load_state_dict(checkpoint["model"])
 model.to(device)
 if master_process:
     print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+if fsdp:
+    # each block's parameters, gradients and optimizer state are split over the processes and gathered
+    # only while the block computes; then the rest (embeddings, final LayerNorm, the tied head)
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
 
 # fp16 needs its gradients scaled up to stay representable; a no-op for other dtypes
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16" and device_type != "mps")
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    # the optimizer state is stored by parameter name, whole, so that any process layout can read it
+    set_optimizer_state_dict(model, optimizer, checkpoint["optimizer"], options=StateDictOptions(full_state_dict=True))
     scaler.load_state_dict(checkpoint["scaler"])
     torch.set_rng_state(checkpoint["rng_cpu"][ddp_rank % len(checkpoint["rng_cpu"])].cpu())
     if device_type == "cuda" and checkpoint["rng_cuda"]:
@@ -252,10 +269,8 @@ checkpoint = None  # free the memory
 
 raw_model = model  # what gets saved: never the compiled or DDP wrapper
 if compile:
-    if master_process:
-        print("compiling the model... (takes a ~minute)")
-    model = torch.compile(model)
-if ddp:
+    model = torch.compile(model)  # compiles at the first call: the first evaluation and step take longer
+if ddp and not fsdp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
 
 
@@ -312,13 +327,16 @@ def get_lr(it):
 
 def save_checkpoint():
     """Write ckpt.pt atomically: a crash mid-write leaves the previous checkpoint intact."""
+    # whole tensors on the CPU, by parameter name: readable by one process, DDP or FSDP alike
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     checkpoint = {
-        "model": raw_model.state_dict(),
+        "model": get_model_state_dict(raw_model, options=options),
         "model_args": model_args,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": get_optimizer_state_dict(raw_model, optimizer, options=options),
         "scaler": scaler.state_dict(),
         "iter_num": iter_num,
         "best_val_loss": best_val_loss,
+        "best_iter": best_iter,
         "config": config,
         "tokenizer": meta,
         "rng_cpu": gather_rng_states(torch.get_rng_state()),
@@ -345,6 +363,81 @@ def gather_rng_states(state):
 
 
 # -----------------------------------------------------------------------------
+# metrics: out_dir/metrics.jsonl holds one JSON object per logged iteration ("kind": "iter") and per
+# evaluation ("kind": "eval"); out_dir/loss.png is drawn from them at every evaluation. Rank 0 alone writes
+# them, and an eval_only run leaves them alone.
+
+metrics_path = os.path.join(out_dir, "metrics.jsonl")
+plot_path = os.path.join(out_dir, "loss.png")
+write_metrics = master_process and not eval_only
+
+
+def earlier_metrics():
+    """A resumed run continues the metrics of the run it resumes: the records from before its iteration."""
+    if init_from != "resume" or not os.path.exists(metrics_path):
+        return []
+    records = []
+    with open(metrics_path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+    # records at or after the checkpoint's iteration belong to a continuation that this run replaces
+    return [r for r in records if r["iter"] < iter_num]
+
+
+def log_metrics(**record):
+    record["elapsed"] = round(elapsed_before + time.time() - run_start, 3)
+    metrics.append(record)
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+
+
+def plot_losses():
+    """Draw loss.png: the training loss of each logged batch, the evaluated train and val loss, the best val."""
+    import matplotlib
+    matplotlib.use("Agg")  # draw to files, no display needed
+    import matplotlib.pyplot as plt
+    steps = [r for r in metrics if r["kind"] == "iter"]
+    evals = [r for r in metrics if r["kind"] == "eval"]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    ax.plot([r["iter"] for r in steps], [r["train_loss"] for r in steps], color="tab:blue", alpha=0.3, lw=0.8,
+            label="train loss (one batch)")
+    ax.plot([r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", color="tab:blue", ms=3,
+            label=f"train loss ({eval_iters} batches)")
+    ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange", ms=3,
+            label=f"val loss ({eval_iters} batches)")
+    best = min(evals, key=lambda r: r["val_loss"])
+    ax.plot(best["iter"], best["val_loss"], "*", color="tab:red", ms=14,
+            label=f"best val loss {best['val_loss']:.4f} at iter {best['iter']}")
+    # the first evaluations sit near ln(vocab_size); keep the scale for the part of the run worth reading
+    later = [r["val_loss"] for r in evals[1:]] + [r["train_loss"] for r in steps[len(steps) // 10:]]
+    if later:
+        ax.set_ylim(min(later + [best["val_loss"]]) * 0.97, max(later) * 1.05)
+    tokens = ax.secondary_xaxis("top", functions=(lambda i: i * tokens_per_iter / 1e6,
+                                                  lambda t: t * 1e6 / tokens_per_iter))
+    tokens.set_xlabel("tokens seen (millions)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(f"{dataset}: {n_layer} layers x {n_embd}, {raw_model.get_num_params() / 1e6:.2f}M parameters",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp_path = plot_path + ".tmp"
+    fig.savefig(tmp_path, format="png")
+    plt.close(fig)
+    os.replace(tmp_path, plot_path)
+
+
+def format_duration(seconds):
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+# -----------------------------------------------------------------------------
 # training loop
 
 if wandb_log and master_process:
@@ -365,9 +458,16 @@ def check_finite(loss, what):
 
 
 peak_flops = device_peak_flops() if master_process else 0.0
+if write_metrics:
+    metrics = earlier_metrics()
+    elapsed_before = metrics[-1]["elapsed"] if metrics else 0.0  # a resumed run's clock continues
+    with open(metrics_path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in metrics)
+    os.replace(metrics_path + ".tmp", metrics_path)
+    metrics_file = open(metrics_path, "a", encoding="utf-8")
 batches = train_batches(iter_num)
 X, Y = next(batches)  # fetch the very first batch
-t0 = time.time()
+run_start = t0 = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
 running_mfu = -1.0
 while True:
@@ -379,23 +479,30 @@ while True:
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         losses = estimate_loss()
         check_finite(losses["val"], "val loss")
+        improved = losses["val"] < best_val_loss and not eval_only
+        if improved:
+            best_val_loss, best_iter = losses["val"], iter_num
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            if wandb_log:
-                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
-                           "mfu": running_mfu * 100})
-        if (losses["val"] < best_val_loss or always_save_checkpoint) and not eval_only:
-            best_val_loss = min(best_val_loss, losses["val"])
-            if iter_num > 0:
-                save_checkpoint()
+        if write_metrics:
+            log_metrics(kind="eval", iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
+                        val_loss=losses["val"], lr=lr)
+            plot_losses()
+        if master_process and wandb_log:
+            wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                       "mfu": running_mfu * 100})
+        if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
+            save_checkpoint()
     if iter_num >= max_iters or eval_only:
         break
 
     # forward, backward, update, with gradient accumulation over micro_steps micro-batches
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(micro_steps):
-        if ddp:
-            # synchronize gradients only at the last micro-step: the others would be wasted traffic
+        # synchronize gradients only at the last micro-step: the others would be wasted traffic
+        if fsdp:
+            raw_model.set_requires_gradient_sync(micro_step == micro_steps - 1)
+        elif ddp:
             model.require_backward_grad_sync = micro_step == micro_steps - 1
         with autocast:
             logits, loss = model(X, Y)
@@ -414,6 +521,8 @@ while True:
     t1 = time.time()
     dt = t1 - t0
     t0 = t1
+    if compile and local_iter_num == 0 and master_process:
+        print(f"compiled: the first evaluation and step took {t1 - run_start:.1f}s")
     if iter_num % log_interval == 0:
         if ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -423,7 +532,11 @@ while True:
             if local_iter_num >= 5:  # let the training loop settle a bit
                 mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, peak_flops)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%")
+            seconds_left = (t1 - run_start) / (local_iter_num + 1) * (max_iters - iter_num - 1)
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%, "
+                  f"eta {format_duration(seconds_left)}")
+            log_metrics(kind="iter", iter=iter_num, tokens=(iter_num + 1) * tokens_per_iter, train_loss=lossf, lr=lr,
+                        tokens_per_sec=round(tokens_per_iter / dt), mfu=round(max(running_mfu, 0.0), 4))
     iter_num += 1
     local_iter_num += 1
     if ddp:  # stop together: a process that saved alone would wait forever for the others
@@ -437,5 +550,14 @@ while True:
                   f"continue with --init_from=resume")
         break
 
+if write_metrics:
+    metrics_file.close()
+if master_process:
+    if local_iter_num > 0:
+        wall = time.time() - run_start
+        print(f"done: best val loss {best_val_loss:.4f} at iter {best_iter}, {format_duration(wall)}, "
+              f"{local_iter_num * tokens_per_iter / wall:,.0f} tokens/s")
+    if wandb_log:
+        wandb.finish()
 if ddp:
     dist.destroy_process_group()

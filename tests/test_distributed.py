@@ -1,0 +1,80 @@
+"""Scaling out on CPU: torchrun with DDP and FSDP2 over gloo trains the same model as one process; torch.compile."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, assert_clean_error, parse_losses, run_script
+
+COMMON = [*TINY, "--log_interval=1", "--gradient_accumulation_steps=2", "--lr_decay_iters=24", "--eval_interval=8"]
+
+
+def torchrun(cwd, *args, nproc=2):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(ROOT / "train.py"), *COMMON, *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def single(cwd, *args):
+    result = run_script("train.py", *COMMON, *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def weights(folder):
+    return torch.load(folder / "ckpt.pt", weights_only=True)["model"]
+
+
+def max_difference(a, b):
+    assert sorted(a) == sorted(b)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_train_the_same_model_as_one(char_data, mode):
+    one = parse_losses(single(char_data, "--max_iters=8", "--out_dir=one").stdout)
+    result = torchrun(char_data, "--max_iters=8", f"--out_dir={mode}", f"--fsdp={mode == 'fsdp'}")
+    assert result.returncode == 0, result.stderr
+    assert "2 process(es)" in result.stdout and result.stdout.count("step 8:") == 1  # rank 0 alone logs
+    two = parse_losses(result.stdout)
+    for it in range(8):  # the logged loss is the mean over the whole global batch
+        assert two[0][it] == pytest.approx(one[0][it], abs=2e-4)
+    assert two[1][8] == pytest.approx(one[1][8], abs=2e-4)  # the eval loss is averaged over the processes
+    assert max_difference(weights(char_data / "one"), weights(char_data / mode)) < 1e-5
+
+
+def test_a_checkpoint_resumes_under_any_process_layout(char_data):
+    """One process, then FSDP over two, then DDP over two, then one again: the same weights as one straight run."""
+    single(char_data, "--max_iters=24", "--out_dir=straight")
+    single(char_data, "--max_iters=6", "--out_dir=relay")
+    for max_iters, layout in [(12, "--fsdp=True"), (18, "--fsdp=False")]:
+        result = torchrun(char_data, f"--max_iters={max_iters}", "--out_dir=relay", "--init_from=resume", layout)
+        assert result.returncode == 0, result.stderr
+        assert f"resuming from relay/ckpt.pt at iter {max_iters - 6}" in result.stdout
+    single(char_data, "--max_iters=24", "--out_dir=relay", "--init_from=resume")
+    assert max_difference(weights(char_data / "straight"), weights(char_data / "relay")) < 1e-5
+
+
+def test_accumulation_steps_must_divide_by_the_processes(char_data):
+    result = torchrun(char_data, "--max_iters=2", "--gradient_accumulation_steps=3")
+    assert result.returncode != 0
+    assert "error: gradient_accumulation_steps (3) must be divisible by the number of processes (2)" in result.stderr
+
+
+def test_fsdp_needs_torchrun(char_data):
+    assert_clean_error(run_script("train.py", *TINY, "--fsdp=True", cwd=char_data), "launch with torchrun")
+
+
+def test_compile_on_cpu(char_data):
+    eager = parse_losses(single(char_data, "--max_iters=3", "--out_dir=eager").stdout)
+    result = single(char_data, "--max_iters=3", "--out_dir=compiled", "--compile=True")
+    assert result.stdout.count("compiled: the first evaluation and step took") == 1
+    compiled = parse_losses(result.stdout)
+    for it in range(3):
+        assert compiled[0][it] == pytest.approx(eager[0][it], abs=1e-4)
+    assert not any(name.startswith("_orig_mod.") for name in weights(char_data / "compiled"))
+    assert max_difference(weights(char_data / "eager"), weights(char_data / "compiled")) < 1e-4

@@ -1,0 +1,119 @@
+"""What a run shows: metrics.jsonl, loss.png, the ETA and the summary line, wandb, and streamed samples."""
+
+import importlib.util
+import json
+import re
+import struct
+
+import pytest
+
+from conftest import TINY, assert_clean_error, needs_gpt2_bpe, parse_losses, run_script, sample_text
+
+ARGS = [*TINY, "--log_interval=5", "--eval_interval=10", "--lr_decay_iters=30"]
+TOKENS_PER_ITER = 8 * 32  # batch_size x block_size of TINY
+
+
+def train(cwd, *args):
+    result = run_script("train.py", *ARGS, *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def read_metrics(folder):
+    with open(folder / "out" / "metrics.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_metrics_file_plot_eta_and_summary(char_data):
+    result = train(char_data, "--max_iters=30")
+    records = read_metrics(char_data)
+    steps = [r for r in records if r["kind"] == "iter"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["iter"] for r in steps] == [0, 5, 10, 15, 20, 25]
+    assert [r["iter"] for r in evals] == [0, 10, 20, 30]
+    logged_train, logged_val = parse_losses(result.stdout)
+    for r in steps:
+        assert set(r) == {"kind", "iter", "tokens", "train_loss", "lr", "tokens_per_sec", "mfu", "elapsed"}
+        assert r["tokens"] == (r["iter"] + 1) * TOKENS_PER_ITER
+        assert round(r["train_loss"], 4) == logged_train[r["iter"]]
+        assert r["tokens_per_sec"] > 0 and 0 <= r["mfu"] < 2
+    for r in evals:
+        assert set(r) == {"kind", "iter", "tokens", "train_loss", "val_loss", "lr", "elapsed"}
+        assert r["tokens"] == r["iter"] * TOKENS_PER_ITER and round(r["val_loss"], 4) == logged_val[r["iter"]]
+    assert steps[1]["lr"] == pytest.approx(1e-3 * 6 / 6)  # warmup_iters=5: the peak at iter 5
+    elapsed = [r["elapsed"] for r in records]
+    assert elapsed == sorted(elapsed)
+    assert re.search(r"^iter 5: loss \d\.\d{4}, time [\d.]+ms, mfu -?[\d.]+%, eta \d+s$", result.stdout, re.M)
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert f"done: best val loss {best['val_loss']:.4f} at iter {best['iter']}, " in result.stdout
+    assert result.stdout.rstrip().endswith("tokens/s")
+    png = (char_data / "out" / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    assert struct.unpack(">II", png[16:24]) == (800, 450)
+    assert len(png) > 20_000  # curves, labels and a legend, not a blank canvas
+    assert not list((char_data / "out").glob("*.tmp"))
+
+
+def test_a_resumed_run_continues_the_metrics(char_data):
+    train(char_data, "--max_iters=20")
+    first = read_metrics(char_data)
+    train(char_data, "--max_iters=30", "--init_from=resume")
+    records = read_metrics(char_data)
+    before_resume = [r for r in first if r["iter"] < 20]  # the resumed run evaluates iter 20 again
+    assert records[:len(before_resume)] == before_resume and len(records) > len(first)
+    assert [r["iter"] for r in records if r["kind"] == "iter"] == [0, 5, 10, 15, 20, 25]
+    assert [r["iter"] for r in records if r["kind"] == "eval"] == [0, 10, 20, 30]
+    assert [r["elapsed"] for r in records] == sorted(r["elapsed"] for r in records)  # one clock across both
+
+
+def test_resuming_an_earlier_checkpoint_drops_the_metrics_it_replaces(char_data):
+    train(char_data, "--max_iters=20", "--always_save_checkpoint=False", "--eval_iters=1", "--learning_rate=0.05")
+    train(char_data, "--max_iters=30", "--init_from=resume", "--eval_iters=1", "--learning_rate=0.05")
+    iters = [r["iter"] for r in read_metrics(char_data) if r["kind"] == "iter"]
+    assert iters == sorted(set(iters))  # no iteration twice, whichever checkpoint was resumed
+
+
+def test_eval_only_leaves_the_metrics_alone(char_data):
+    train(char_data, "--max_iters=10")
+    before = (char_data / "out" / "metrics.jsonl").read_bytes(), (char_data / "out" / "loss.png").read_bytes()
+    train(char_data, "--max_iters=10", "--init_from=resume", "--eval_only=True")
+    assert ((char_data / "out" / "metrics.jsonl").read_bytes(), (char_data / "out" / "loss.png").read_bytes()) == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
+def test_wandb_log_without_wandb_is_a_clean_error(char_data):
+    assert_clean_error(run_script("train.py", *ARGS, "--wandb_log=True", cwd=char_data), "pip install wandb")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
+def test_wandb_log_works_offline(char_data):
+    result = run_script("train.py", *ARGS, "--max_iters=10", "--wandb_log=True", "--wandb_run_name=tiny", cwd=char_data,
+                        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert result.returncode == 0, result.stderr
+    runs = list((char_data / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def first_sample(folder, *args):
+    """The text of the first sample sample.py prints (one sample is streamed, several are not)."""
+    result = run_script("sample.py", "--device=cpu", "--max_new_tokens=60", *args, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("---------------\n")[0]
+
+
+def test_a_single_sample_streams_the_same_text(char_data):
+    train(char_data, "--max_iters=10")
+    streamed = first_sample(char_data, "--num_samples=1", "--start=ROMEO:")
+    assert streamed.startswith("ROMEO:") and streamed == first_sample(char_data, "--num_samples=2", "--start=ROMEO:")
+
+
+@needs_gpt2_bpe
+def test_gpt2_text_streams_whole_characters(tmp_path):
+    (tmp_path / "t.txt").write_text(sample_text(20_000) + "Ça va? Très bien, naïve café — 東京 🙂\n" * 50, encoding="utf-8")
+    assert run_script("prepare.py", "--input=t.txt", "--tokenizer=gpt2", "--dataset=bpe", cwd=tmp_path).returncode == 0
+    result = run_script("train.py", *TINY, "--dataset=bpe", "--max_iters=4", "--eval_interval=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for seed in range(3):
+        streamed = first_sample(tmp_path, "--num_samples=1", f"--seed={seed}", "--start=東京 🙂", "--temperature=1.5")
+        assert streamed.startswith("東京 🙂")
+        assert streamed == first_sample(tmp_path, "--num_samples=2", f"--seed={seed}", "--start=東京 🙂", "--temperature=1.5")
