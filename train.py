@@ -154,14 +154,20 @@ if ddp:
     master_process = ddp_rank == 0  # logs and writes checkpoints
     if fsdp and dtype == "float16":
         fail("fsdp=True trains in bfloat16 or float32: use --dtype=bfloat16 (float16 would need a sharded gradient scaler)")
-    if gradient_accumulation_steps % ddp_world_size != 0:
+    if gradient_accumulation_steps % ddp_world_size != 0 and batch_size % ddp_world_size != 0:
         fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
-             f"of processes ({ddp_world_size})")
+             f"of processes ({ddp_world_size}), or else batch_size ({batch_size}) must be")
 else:
     if fsdp:
         fail("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
     ddp_rank, ddp_world_size, master_process = 0, 1, True
-micro_steps = gradient_accumulation_steps // ddp_world_size  # micro-batches of this process per step
+# Each step trains on gradient_accumulation_steps x batch_size sequences in all, shared out among the
+# processes: as in nanoGPT, each process takes a share of the micro-batches; where they do not divide,
+# each process takes a share of every micro-batch instead (so that the default runs under torchrun too).
+if gradient_accumulation_steps % ddp_world_size == 0:
+    micro_steps, micro_batch = gradient_accumulation_steps // ddp_world_size, batch_size
+else:
+    micro_steps, micro_batch = gradient_accumulation_steps, batch_size // ddp_world_size
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
 if compile is None:
     compile = device_type == "cuda"
@@ -201,8 +207,8 @@ def train_batches(iter_num):
     while True:
         global_batch = get_batch("train", gradient_accumulation_steps * batch_size, iter_num)
         for micro_step in range(micro_steps):
-            part = slice((ddp_rank * micro_steps + micro_step) * batch_size,
-                         (ddp_rank * micro_steps + micro_step + 1) * batch_size)
+            first = (ddp_rank * micro_steps + micro_step) * micro_batch
+            part = slice(first, first + micro_batch)
             yield global_batch[0][part], global_batch[1][part]
         iter_num += 1
 
@@ -530,7 +536,7 @@ while True:
         check_finite(lossf, "loss")
         if master_process:
             if local_iter_num >= 5:  # let the training loop settle a bit
-                mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, peak_flops)
+                mfu = raw_model.estimate_mfu(micro_batch * micro_steps, dt, peak_flops)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             seconds_left = (t1 - run_start) / (local_iter_num + 1) * (max_iters - iter_num - 1)
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%, "

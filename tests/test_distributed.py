@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, TINY, assert_clean_error, parse_losses, run_script
 
-COMMON = [*TINY, "--log_interval=1", "--gradient_accumulation_steps=2", "--lr_decay_iters=24", "--eval_interval=8"]
+COMMON = [*TINY, "--log_interval=1", "--lr_decay_iters=24", "--eval_interval=8"]
 
 
 def torchrun(cwd, *args, nproc=2):
@@ -34,10 +34,12 @@ def max_difference(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_processes_train_the_same_model_as_one(char_data, mode):
-    one = parse_losses(single(char_data, "--max_iters=8", "--out_dir=one").stdout)
-    result = torchrun(char_data, "--max_iters=8", f"--out_dir={mode}", f"--fsdp={mode == 'fsdp'}")
+@pytest.mark.parametrize("mode, accumulation", [("ddp", 2), ("fsdp", 2), ("ddp", 1)])
+def test_two_processes_train_the_same_model_as_one(char_data, mode, accumulation):
+    """With accumulation 2 each process takes one micro-batch; with 1, half of it (the default under torchrun)."""
+    args = ["--max_iters=8", f"--gradient_accumulation_steps={accumulation}"]
+    one = parse_losses(single(char_data, *args, "--out_dir=one").stdout)
+    result = torchrun(char_data, *args, f"--out_dir={mode}", f"--fsdp={mode == 'fsdp'}")
     assert result.returncode == 0, result.stderr
     assert "2 process(es)" in result.stdout and result.stdout.count("step 8:") == 1  # rank 0 alone logs
     two = parse_losses(result.stdout)
@@ -49,20 +51,22 @@ def test_two_processes_train_the_same_model_as_one(char_data, mode):
 
 def test_a_checkpoint_resumes_under_any_process_layout(char_data):
     """One process, then FSDP over two, then DDP over two, then one again: the same weights as one straight run."""
-    single(char_data, "--max_iters=24", "--out_dir=straight")
-    single(char_data, "--max_iters=6", "--out_dir=relay")
+    single(char_data, "--max_iters=24", "--out_dir=straight", "--gradient_accumulation_steps=2")
+    single(char_data, "--max_iters=6", "--out_dir=relay", "--gradient_accumulation_steps=2")
     for max_iters, layout in [(12, "--fsdp=True"), (18, "--fsdp=False")]:
-        result = torchrun(char_data, f"--max_iters={max_iters}", "--out_dir=relay", "--init_from=resume", layout)
+        result = torchrun(char_data, f"--max_iters={max_iters}", "--out_dir=relay", "--init_from=resume", layout,
+                          "--gradient_accumulation_steps=2")
         assert result.returncode == 0, result.stderr
         assert f"resuming from relay/ckpt.pt at iter {max_iters - 6}" in result.stdout
-    single(char_data, "--max_iters=24", "--out_dir=relay", "--init_from=resume")
+    single(char_data, "--max_iters=24", "--out_dir=relay", "--init_from=resume", "--gradient_accumulation_steps=2")
     assert max_difference(weights(char_data / "straight"), weights(char_data / "relay")) < 1e-5
 
 
-def test_accumulation_steps_must_divide_by_the_processes(char_data):
-    result = torchrun(char_data, "--max_iters=2", "--gradient_accumulation_steps=3")
+def test_accumulation_steps_or_batch_size_must_divide_by_the_processes(char_data):
+    result = torchrun(char_data, "--max_iters=2", "--gradient_accumulation_steps=3", "--batch_size=9")
     assert result.returncode != 0
-    assert "error: gradient_accumulation_steps (3) must be divisible by the number of processes (2)" in result.stderr
+    assert ("error: gradient_accumulation_steps (3) must be divisible by the number of processes (2), "
+            "or else batch_size (9) must be") in result.stderr
 
 
 def test_fsdp_needs_torchrun(char_data):
