@@ -45,6 +45,13 @@ def assert_clean_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint does to torch.load without weights_only."""
+
+    def __reduce__(self):
+        return os.system, ("touch pwned",)
+
+
 def sample_text(n_chars=40_000):
     """Some English-like text: the start of Tiny Shakespeare where it is at hand, else a made-up play."""
     if SHAKESPEARE.exists():

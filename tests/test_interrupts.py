@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_clean_error, parse_losses, run_script
+from conftest import RunsCode, ROOT, TINY, assert_clean_error, parse_losses, run_script
 
 SCHEDULE = ["--lr_decay_iters=40", "--eval_interval=20", "--log_interval=1", "--dropout=0.1"]
 
@@ -88,13 +88,6 @@ def test_divergence_stops_with_the_iteration_and_the_last_good_checkpoint(char_d
     checkpoint = torch.load(char_data / "out" / "ckpt.pt", weights_only=True)
     assert checkpoint["iter_num"] == 2  # saved before the first diverged step, never after
     assert all(torch.isfinite(w).all() for w in checkpoint["model"].values())
-
-
-class RunsCode:
-    """Unpickling this runs a shell command: what a malicious checkpoint does to torch.load without weights_only."""
-
-    def __reduce__(self):
-        return os.system, ("touch pwned",)
 
 
 def test_resuming_never_unpickles_code(char_data):
