@@ -116,14 +116,14 @@ for split, n_tokens in split_tokens.items():
 # -----------------------------------------------------------------------------
 # Ctrl-C (SIGINT), or SIGTERM as clusters send before preempting a job: finish the current step, save a
 # checkpoint and exit (a signal during start-up counts for the first step); a second signal quits at once.
-interrupted = False
+signal_received = False  # set by the handler alone: the loop reads it, never writes it
 
 
 def on_signal(signum, frame):
-    global interrupted
-    if interrupted:
+    global signal_received
+    if signal_received:
         sys.exit(f"{signal.Signals(signum).name} again: quitting at once, without saving")
-    interrupted = True
+    signal_received = True
     if int(os.environ.get("RANK", 0)) == 0:  # one message, not one per process
         print(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
               f"(send it again to quit at once)", flush=True)
@@ -545,6 +545,7 @@ while True:
                         tokens_per_sec=round(tokens_per_iter / dt), mfu=round(max(running_mfu, 0.0), 4))
     iter_num += 1
     local_iter_num += 1
+    interrupted = signal_received
     if ddp:  # stop together: a process that saved alone would wait forever for the others
         stop = torch.tensor(float(interrupted), device=device)
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)

@@ -95,3 +95,18 @@ def test_resuming_never_unpickles_code(char_data):
     torch.save({"model": RunsCode()}, char_data / "out" / "ckpt.pt")
     assert_clean_error(run_script("train.py", *TINY, "--init_from=resume", cwd=char_data), "not a readable checkpoint")
     assert not (char_data / "pwned").exists()
+
+
+def test_ctrl_c_under_torchrun_saves_from_every_process(char_data):
+    """A terminal's Ctrl-C reaches torchrun, which passes SIGINT on to each worker: they stop together and save."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "train.py"), *TINY, "--max_iters=100000", "--log_interval=1"]
+    process = subprocess.Popen(command, cwd=char_data, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    read_until(process, "iter 5:")
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: signal the terminal's foreground process group
+    tail, _ = process.communicate(timeout=120)
+    stopped_at = torch.load(char_data / "out" / "ckpt.pt", weights_only=True)["iter_num"]
+    assert f"interrupted at iter {stopped_at}: checkpoint saved to out/ckpt.pt" in tail
+    resumed = run_script("train.py", *TINY, f"--max_iters={stopped_at + 2}", "--init_from=resume", cwd=char_data)
+    assert resumed.returncode == 0, resumed.stderr
