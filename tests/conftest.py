@@ -1,7 +1,7 @@
 """
-Shared helpers for the tests: paths, a runner that drives the real scripts as a user would, and small
-prepared datasets. Tests that need Tiny Shakespeare or GPT-2's BPE files read them from ../shared/data
-beside the checkout (no network needed).
+Shared helpers for the tests: paths, a runner that drives the real scripts as a user would, small
+prepared datasets, and a malicious pickle. Tests that need Tiny Shakespeare or GPT-2's BPE files read
+them from ../shared/data beside the checkout (no network needed).
 """
 
 import os
@@ -43,6 +43,13 @@ def assert_clean_error(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious file does to torch.load without weights_only=True."""
+
+    def __reduce__(self):
+        return os.system, ("touch pwned",)
 
 
 def sample_text(n_chars=40_000):

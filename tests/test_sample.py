@@ -1,12 +1,11 @@
 """sample.py end to end: sampling from a trained out_dir alone, seeds, prompts from files, and bad input."""
 
-import os
 import shutil
 
 import pytest
 import torch
 
-from conftest import TINY, assert_clean_error, run_script
+from conftest import TINY, RunsCode, assert_clean_error, run_script
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +71,6 @@ def test_corrupted_checkpoint_is_a_clean_error(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "ckpt.pt").write_bytes(b"\x80\x02not really a checkpoint")
     assert_clean_error(run_script("sample.py", "--device=cpu", cwd=tmp_path), "not a readable checkpoint")
-
-
-class RunsCode:
-    """Unpickling this runs a shell command: what a malicious checkpoint does to torch.load without weights_only."""
-
-    def __reduce__(self):
-        return os.system, ("touch pwned",)
 
 
 def test_a_checkpoint_that_runs_code_is_never_unpickled(tmp_path):
