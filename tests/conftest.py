@@ -1,7 +1,7 @@
 """
-Shared helpers for the tests: paths, a runner that drives the real scripts as a user would, small
-prepared datasets, and a malicious pickle. Tests that need Tiny Shakespeare or GPT-2's BPE files read
-them from ../shared/data beside the checkout (no network needed).
+Shared helpers for the tests: paths, a runner that drives the real scripts as a user would, and small
+prepared datasets. Tests that need Tiny Shakespeare or GPT-2's BPE files read them from ../shared/data
+beside the checkout (no network needed).
 """
 
 import os
@@ -46,7 +46,7 @@ def assert_clean_error(result, *fragments):
 
 
 class RunsCode:
-    """Unpickling this runs a shell command: what a malicious file does to torch.load without weights_only=True."""
+    """Unpickling this runs a shell command: what a malicious checkpoint does to torch.load without weights_only."""
 
     def __reduce__(self):
         return os.system, ("touch pwned",)

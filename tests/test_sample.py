@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY, RunsCode, assert_clean_error, run_script
+from conftest import RunsCode, TINY, assert_clean_error, run_script
 
 
 @pytest.fixture(scope="module")
