@@ -6,16 +6,18 @@ The whole GPT language model in one file: GPT-2's architecture, GPT-2's paramete
   and an MLP, each behind a LayerNorm on a residual stream), a final LayerNorm and a
   language-model head that shares its weights with the token embedding.
 - GPT.generate: sampling with temperature, top-k and top-p, through a KV cache.
+- GPT.configure_optimizers, GPT.estimate_mfu, GPT.crop_block_size, GPT.get_num_params.
+
+A state dict saved by nanoGPT loads into this model, and the other way round.
+
+Hugging Face's GPT-2 format, in and out:
 - GPT.from_pretrained: OpenAI's GPT-2 weights ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', downloaded
   from the Hugging Face Hub and cached there) or a folder in Hugging Face's GPT-2 format (config.json and
   model.safetensors or pytorch_model.bin, as transformers' save_pretrained writes).
 - GPT.save_pretrained: the model in that format, for transformers' GPT2LMHeadModel and GPT.from_pretrained.
 - load_checkpoint: the model and tokenizer in a checkpoint of train.py.
-- GPT.configure_optimizers, GPT.estimate_mfu, GPT.crop_block_size, GPT.get_num_params.
-
-A state dict saved by nanoGPT loads into this model, and the other way round. Reading GPT-2's files needs
-safetensors, and downloading them huggingface_hub (pip install -r requirements-gpt2.txt); both are
-imported only when used.
+Reading GPT-2's files needs safetensors, and downloading them huggingface_hub (pip install -r
+requirements-gpt2.txt); both are imported only when used.
 
 References:
 1) OpenAI's GPT-2 TensorFlow implementation: https://github.com/openai/gpt-2/blob/master/src/model.py

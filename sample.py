@@ -6,11 +6,11 @@ Sample text from a model that train.py trained, or from OpenAI's GPT-2.
     python sample.py --out_dir=out-big --temperature=0.5 --top_p=0.9 --seed=7
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
     python sample.py --init_from=path/to/folder              # a model in Hugging Face's GPT-2 format
+    # GPT-2's weights are downloaded from the Hugging Face Hub, which caches them; they use GPT-2's BPE
 
 The checkpoint carries the model and its tokenizer, so out_dir is all this needs: the data folder may
-be gone. GPT-2's weights (downloaded from the Hugging Face Hub, which caches them) and Hugging Face
-folders use GPT-2's BPE. Each sample is printed, then a separator line, as nanoGPT does; the same seed
-gives the same text on the same machine.
+be gone. Each sample is printed, then a separator line, as nanoGPT does; the same seed gives the same
+text on the same machine.
 """
 
 import os

@@ -90,7 +90,6 @@ globals().update(config)
 # check the settings before anything slow happens
 
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
-PRETRAINED_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")  # a pretrained model brings its own
 CHECKPOINT_KEYS = {"model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "config", "tokenizer",
                    "rng_cpu", "rng_cuda"}
 if init_from not in ("scratch", "resume", *GPT2_MODELS) and not os.path.isdir(init_from):
@@ -215,6 +214,7 @@ vocab_size = meta["vocab_size"] if meta["tokenizer"] == "char" else math.ceil(me
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=vocab_size, dropout=dropout)
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
+PRETRAINED_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")  # a pretrained model brings its own
 pretrained = None if init_from in ("scratch", "resume") else init_from  # where the weights started, if not random
 iter_num = 0
 best_val_loss = float("inf")
