@@ -1,10 +1,12 @@
 """
-Turn a text file into the token ids that train.py reads.
+Turn a text file, or a collection of documents, into the token ids that train.py reads.
 
     python prepare.py                        # Tiny Shakespeare, one token per character -> data/shakespeare_char/
     python prepare.py --tokenizer=gpt2       # Tiny Shakespeare, GPT-2's BPE             -> data/shakespeare/
     python prepare.py --input=notes.txt      # your own UTF-8 text                       -> data/notes_char/
     python prepare.py --input=https://example.com/book.txt --dataset=book
+    python prepare.py --input=docs.jsonl --tokenizer=gpt2               # documents      -> data/docs/
+    python prepare.py --input=hf:Skylion007/openwebtext --tokenizer=gpt2  # a Hugging Face dataset -> data/openwebtext/
 
 It writes three files into data/DATASET/:
 - train.bin, val.bin: the token ids as raw uint16, readable with np.memmap(path, dtype=np.uint16, mode='r');
@@ -16,6 +18,16 @@ validation split, each encoded on its own. Line endings are read as Python's tex
 ("\\r\\n" becomes "\\n"). The file is streamed in chunks, twice (once to count characters and collect the
 alphabet, once to encode), so memory stays flat however large the text is, and the .bin files appear
 only once they are complete.
+
+Documents are the "text" fields of a .jsonl file (one JSON object per line), of a .parquet file, or of
+the train split of a Hugging Face dataset, --input=hf:NAME or hf:NAME:CONFIG (NAME as the Hub names it,
+or a local folder; streamed with the datasets package, never held in memory). With GPT-2's BPE each
+document's tokens are followed by <|endoftext|>, as in nanoGPT's openwebtext; at char level each document
+is followed by a newline, and the documents are read twice (a Hugging Face dataset is streamed twice).
+Documents are split whole, without counting them first: document i (from 0) goes to val when
+int((i + 1) * val_fraction) > int(i * val_fraction), so one in every 1 / val_fraction, spread evenly
+(with the default 0.1: documents 9, 19, 29, ...). Reading .parquet files needs pyarrow, hf: inputs the
+datasets package (pip install -r requirements-gpt2.txt).
 """
 
 import itertools
@@ -23,6 +35,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -30,15 +43,17 @@ from tqdm import tqdm
 
 from configurator import configure, fail
 
+GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}  # meta.json of GPT-2's BPE
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-CHUNK_CHARS = 1 << 20  # characters read at a time: memory stays at a few tens of MB
+CHUNK_CHARS = 1 << 20  # characters read (or documents encoded) at a time: memory stays at a few tens of MB
+DOCUMENT_SUFFIXES = (".jsonl", ".parquet")  # files of documents, as opposed to one text
 
 # -----------------------------------------------------------------------------
 # default config values, overridden by --key=value flags (see configurator.py)
-input = ""  # a UTF-8 text file or an http(s) URL; empty: data/DATASET/input.txt, downloaded from SHAKESPEARE_URL if missing
+input = ""  # a text, .jsonl or .parquet file, an http(s) URL of one, or hf:NAME[:CONFIG]; empty: Tiny Shakespeare
 dataset = ""  # output folder data/DATASET; empty: shakespeare_char / shakespeare, or the input file's name
 tokenizer = "char"  # 'char' (one token per distinct character) or 'gpt2' (tiktoken's GPT-2 BPE)
-val_fraction = 0.1  # the share of the text, at its end, kept for validation
+val_fraction = 0.1  # the share kept for validation: the end of a text, or one in every 1/val_fraction documents
 # -----------------------------------------------------------------------------
 
 
@@ -46,12 +61,20 @@ def default_dataset(input, tokenizer):
     """data/ folder name: nanoGPT's names for Tiny Shakespeare, else the input file's stem."""
     if not input:
         return "shakespeare_char" if tokenizer == "char" else "shakespeare"
+    if input.startswith("hf:"):
+        input = input[len("hf:"):].partition(":")[0]  # hf:Skylion007/openwebtext -> openwebtext
     stem = os.path.splitext(os.path.basename(input.rstrip("/")))[0] or "text"
     return f"{stem}_char" if tokenizer == "char" else stem
 
 
 def is_url(path):
     return path.startswith(("http://", "https://"))
+
+
+def document_suffix(path):
+    """'.jsonl' or '.parquet' for a file (or URL) of documents, '' for anything else."""
+    suffix = os.path.splitext(urllib.parse.urlparse(path).path if is_url(path) else path)[1].lower()
+    return suffix if suffix in DOCUMENT_SUFFIXES else ""
 
 
 def download(url, dest):
@@ -94,11 +117,11 @@ def read_chunks(path, desc):
             yield chunk
 
 
-def scan(path, want_alphabet):
-    """Count the characters of path and, if asked, collect the sorted list of distinct characters."""
+def scan(texts, want_alphabet):
+    """Count the characters of texts and, if asked, collect the sorted list of distinct characters."""
     n_chars = 0
     seen = np.zeros(0x110000, dtype=bool)  # one flag per Unicode code point
-    for chunk in read_chunks(path, "scanning"):
+    for chunk in texts:
         n_chars += len(chunk)
         if want_alphabet:
             seen[code_points(chunk)] = True
@@ -108,6 +131,14 @@ def scan(path, want_alphabet):
 
 def code_points(text):
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def char_meta(alphabet, source):
+    """meta.json of the char tokenizer, refusing an alphabet larger than uint16 token ids can number."""
+    if len(alphabet) > 65536:
+        fail(f"{source} has {len(alphabet)} distinct characters, more than the 65536 token ids "
+             f"that uint16 .bin files hold; use --tokenizer=gpt2")
+    return {"tokenizer": "char", "vocab_size": len(alphabet), "chars": alphabet}
 
 
 def split_chunks(path, n_train):
@@ -120,6 +151,97 @@ def split_chunks(path, n_train):
         if cut < len(chunk):
             yield "val", chunk[cut:]
         position += len(chunk)
+
+
+# -----------------------------------------------------------------------------
+# documents: .jsonl, .parquet and Hugging Face datasets, one text at a time
+
+def read_documents(source):
+    """The text of every document of source, in order: a .jsonl or .parquet file, or hf:NAME[:CONFIG]."""
+    if source.startswith("hf:"):
+        return hf_documents(source)
+    return parquet_documents(source) if document_suffix(source) == ".parquet" else jsonl_documents(source)
+
+
+def jsonl_documents(path):
+    with open(path, "rb") as f, tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="reading",
+                                     disable=None) as bar:
+        for line_number, line in enumerate(f, start=1):
+            bar.update(len(line))
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:  # not JSON, or not UTF-8
+                fail(f"{path} line {line_number} is not a JSON object ({type(e).__name__}): "
+                     f"a .jsonl file has one JSON object per line")
+            text = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                fail(f"{path} line {line_number} has no \"text\" string: each line must be like {{\"text\": \"...\"}}")
+            yield text
+
+
+def parquet_documents(path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        fail("reading .parquet files needs pyarrow: pip install pyarrow")
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow's errors for a file that is not Parquet, or is damaged
+        fail(f"{path} is not a readable Parquet file ({type(e).__name__})")
+    if "text" not in parquet.schema_arrow.names:
+        fail(f"{path} has no \"text\" column (its columns: {', '.join(parquet.schema_arrow.names)})")
+    row = 0
+    with tqdm(total=parquet.metadata.num_rows, unit=" documents", desc="reading", disable=None) as bar:
+        for batch in parquet.iter_batches(batch_size=1024, columns=["text"]):
+            for text in batch.column(0).to_pylist():
+                if not isinstance(text, str):
+                    fail(f"{path} row {row} has a \"text\" of {text!r}, not a string")
+                row += 1
+                yield text
+            bar.update(batch.num_rows)
+
+
+def hf_documents(source):
+    """Stream the train split of a Hugging Face dataset, hf:NAME or hf:NAME:CONFIG, with the datasets package."""
+    name, _, config_name = source[len("hf:"):].partition(":")
+    try:
+        import datasets
+    except ImportError:
+        fail(f"--input={source} needs the datasets package: pip install datasets")
+    try:
+        stream = datasets.load_dataset(name, config_name or None, split="train", streaming=True)
+        for record in tqdm(stream, unit=" documents", desc="reading", disable=None):
+            if not isinstance(record.get("text"), str):
+                fail(f"the dataset {name} has no \"text\" string field (its fields: {', '.join(record)})")
+            yield record["text"]
+    except Exception as e:  # not on the Hub, no connection, a wrong config name, a broken stream...
+        reason = " ".join(line.strip() for line in str(e).splitlines()[:2] if line.strip())
+        fail(f"cannot read the Hugging Face dataset {name}: {type(e).__name__}: {reason}")
+
+
+def split_documents(source, val_fraction):
+    """Yield (split, text) for each document of source: one in every 1 / val_fraction goes to 'val', spread evenly."""
+    n = 0
+    for n, text in enumerate(read_documents(source), start=1):
+        yield "val" if int(n * val_fraction) > int((n - 1) * val_fraction) else "train", text
+    if int(n * val_fraction) == 0:
+        fail(f"{source} has only {n} document(s), too few to split with val_fraction={val_fraction}: one document in "
+             f"every {1 / val_fraction:g} goes to val; use more documents or a larger val_fraction")
+
+
+def batched_documents(documents, n_chars):
+    """Lists of (split, text) documents of about n_chars characters in all (or one longer document)."""
+    batch, size = [], 0
+    for document in documents:
+        batch.append(document)
+        size += len(document[1])
+        if size >= n_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 # -----------------------------------------------------------------------------
@@ -166,6 +288,21 @@ def gpt2_encode_stream(pieces, enc, n_threads):
     yield from enc.encode_ordinary_batch(batch, num_threads=n_threads)
 
 
+def gpt2_encode_documents(documents, enc, n_threads):
+    """
+    Yield (split, ids) for a stream of (split, text) documents: each document's tokens, then <|endoftext|>,
+    tiktoken encoding a batch of documents on n_threads threads at a time.
+    """
+    eot = np.array([enc.eot_token], dtype=np.uint16)
+    for batch in batched_documents(documents, CHUNK_CHARS):
+        encoded = enc.encode_ordinary_batch([text for _, text in batch], num_threads=n_threads)
+        for split in ("train", "val"):
+            parts = [part for (where, _), ids in zip(batch, encoded) if where == split
+                     for part in (np.array(ids, dtype=np.uint16), eot)]
+            if parts:
+                yield split, np.concatenate(parts)
+
+
 def make_codec(meta):
     """(encode, decode) for the tokenizer that meta.json describes. encode raises ValueError on text it cannot encode."""
     if meta["tokenizer"] == "char":
@@ -187,19 +324,59 @@ def make_codec(meta):
 # -----------------------------------------------------------------------------
 
 def resolve_input(input, out_dir):
-    """The local text file to read, downloading it first where it is a URL."""
+    """The local file (or hf:NAME) to read, downloading it first where it is a URL."""
     if not input:
         local = os.path.join(out_dir, "input.txt")
         if not os.path.exists(local):
             download(SHAKESPEARE_URL, local)
         return local
+    if input.startswith("hf:"):
+        return input
     if is_url(input):
-        local = os.path.join(out_dir, "input.txt")
+        local = os.path.join(out_dir, "input" + (document_suffix(input) or ".txt"))
         download(input, local)
         return local
     if not os.path.isfile(input):
-        fail(f"input file '{input}' not found; pass a UTF-8 text file or an http(s) URL with --input=")
+        fail(f"input file '{input}' not found; pass a UTF-8 text file, a .jsonl or .parquet file of documents, "
+             f"an http(s) URL of one, or hf:NAME with --input=")
     return input
+
+
+def encode_text(path, tokenizer, val_fraction):
+    """(meta, stream of (split, ids)) for a text file: its first (1 - val_fraction) characters are train."""
+    n_chars, alphabet = scan(read_chunks(path, "scanning"), want_alphabet=tokenizer == "char")
+    if n_chars == 0:
+        fail(f"{path} is empty: there is nothing to train on")
+    n_train = int(n_chars * (1 - val_fraction))
+    if n_train == 0 or n_train == n_chars:
+        fail(f"{path} has only {n_chars} characters, too few to split into train and val "
+             f"with val_fraction={val_fraction}; use a longer text")
+    if tokenizer == "char":
+        meta, table = char_meta(alphabet, path), char_lookup(alphabet)
+        encode_split = lambda texts: (table[code_points(text)] for text in texts)
+    else:
+        import tiktoken
+        enc = tiktoken.get_encoding("gpt2")
+        n_threads = os.cpu_count() or 1
+        meta = GPT2_META
+        encode_split = lambda texts: (np.array(ids, dtype=np.uint16) for ids in gpt2_encode_stream(texts, enc, n_threads))
+    pieces = split_chunks(path, n_train)
+    return meta, ((split, ids) for split, group in itertools.groupby(pieces, key=lambda piece: piece[0])
+                  for ids in encode_split(text for _, text in group))
+
+
+def encode_documents(source, tokenizer, val_fraction):
+    """(meta, stream of (split, ids)) for documents: whole documents go to train or val (see split_documents)."""
+    if tokenizer == "char":
+        # the alphabet needs a first pass over all the documents
+        n_chars, alphabet = scan((text + "\n" for text in read_documents(source)), want_alphabet=True)
+        if n_chars == 0:
+            fail(f"{source} has no documents: there is nothing to train on")
+        meta, table = char_meta(alphabet, source), char_lookup(alphabet)
+        return meta, ((split, table[code_points(text + "\n")]) for split, text in split_documents(source, val_fraction))
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    return GPT2_META, gpt2_encode_documents(split_documents(source, val_fraction), enc, os.cpu_count() or 1)
 
 
 def prepare(input, out_dir, tokenizer, val_fraction):
@@ -209,31 +386,9 @@ def prepare(input, out_dir, tokenizer, val_fraction):
     if not 0 < val_fraction < 1:
         fail(f"val_fraction must be between 0 and 1, got {val_fraction}")
     os.makedirs(out_dir, exist_ok=True)
-    path = resolve_input(input, out_dir)
-
-    n_chars, alphabet = scan(path, want_alphabet=tokenizer == "char")
-    if n_chars == 0:
-        fail(f"{path} is empty: there is nothing to train on")
-    n_train = int(n_chars * (1 - val_fraction))
-    if n_train == 0 or n_train == n_chars:
-        fail(f"{path} has only {n_chars} characters, too few to split into train and val "
-             f"with val_fraction={val_fraction}; use a longer text")
-    if tokenizer == "char":
-        if len(alphabet) > 65536:
-            fail(f"{path} has {len(alphabet)} distinct characters, more than the 65536 token ids "
-                 f"that uint16 .bin files hold; use --tokenizer=gpt2")
-        meta = {"tokenizer": "char", "vocab_size": len(alphabet), "chars": alphabet}
-    else:
-        import tiktoken
-        enc = tiktoken.get_encoding("gpt2")
-        meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "encoding": "gpt2"}
-
-    if tokenizer == "char":
-        table = char_lookup(alphabet)
-        encode_split = lambda texts: (table[code_points(text)] for text in texts)
-    else:
-        n_threads = os.cpu_count() or 1
-        encode_split = lambda texts: (np.array(ids, dtype=np.uint16) for ids in gpt2_encode_stream(texts, enc, n_threads))
+    source = resolve_input(input, out_dir)
+    documents = source.startswith("hf:") or document_suffix(source)
+    meta, encoded = (encode_documents if documents else encode_text)(source, tokenizer, val_fraction)
 
     # Write everything to temporary files and move them into place only when all is well,
     # so that a failure or Ctrl-C never leaves half-written files (or loses the old ones).
@@ -243,10 +398,9 @@ def prepare(input, out_dir, tokenizer, val_fraction):
     try:
         with open(tmp["train.bin"], "wb") as train_file, open(tmp["val.bin"], "wb") as val_file:
             files = {"train": train_file, "val": val_file}
-            for split, pieces in itertools.groupby(split_chunks(path, n_train), key=lambda piece: piece[0]):
-                for ids in encode_split(text for _, text in pieces):
-                    ids.tofile(files[split])
-                    counts[split] += len(ids)
+            for split, ids in encoded:
+                ids.tofile(files[split])
+                counts[split] += len(ids)
         with open(tmp["meta.json"], "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
         for name in final:

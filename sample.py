@@ -1,9 +1,12 @@
 """
-Sample text from a model that train.py trained.
+Sample text from a model that train.py trained, or from OpenAI's GPT-2.
 
     python sample.py --start="ROMEO:"                        # 10 samples of 500 tokens from out/ckpt.pt
     python sample.py --start=FILE:prompt.txt --num_samples=1  # the prompt is the text of prompt.txt
     python sample.py --out_dir=out-big --temperature=0.5 --top_p=0.9 --seed=7
+    python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
+    python sample.py --init_from=path/to/folder              # a model in Hugging Face's GPT-2 format
+    # GPT-2's weights are downloaded from the Hugging Face Hub, which caches them; they use GPT-2's BPE
 
 The checkpoint carries the model and its tokenizer, so out_dir is all this needs: the data folder may
 be gone. Each sample is printed, then a separator line, as nanoGPT does; a single sample is printed as
@@ -17,11 +20,11 @@ from contextlib import nullcontext
 import torch
 
 from configurator import configure, fail, resolve_device, resolve_dtype
-from model import GPT, GPTConfig
-from prepare import make_codec
+from model import GPT2_MODELS, GPT, load_checkpoint
+from prepare import GPT2_META, make_codec
 
 # -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume': the checkpoint in out_dir
+init_from = "resume"  # 'resume' (the checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
 out_dir = "out"  # where train.py wrote ckpt.pt
 start = "\n"  # the prompt, or FILE:path to read it from a file
 num_samples = 10  # how many samples to draw
@@ -38,8 +41,9 @@ config_keys = [k for k, v in globals().items() if not k.startswith("_") and isin
 globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
 # -----------------------------------------------------------------------------
 
-if init_from != "resume":
-    fail(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir)")
+if init_from not in ("resume", *GPT2_MODELS) and not os.path.isdir(init_from):
+    fail(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir), a GPT-2 model "
+         f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
 if max_new_tokens < 0:
     fail(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
 if num_samples < 1:
@@ -67,23 +71,22 @@ torch.set_float32_matmul_precision("high")
 ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
-ckpt_path = os.path.join(out_dir, "ckpt.pt")
-if not os.path.exists(ckpt_path):
-    fail(f"no checkpoint at {ckpt_path}: train a model first (python train.py), or point --out_dir at one")
 try:
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-except Exception as e:  # truncated, corrupted, or not a checkpoint at all
-    fail(f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupted")
-if not isinstance(checkpoint, dict) or not {"model", "model_args", "tokenizer"} <= checkpoint.keys():
-    fail(f"{ckpt_path} was not written by this project's train.py: it lacks the model or its tokenizer")
-model = GPT(GPTConfig(**checkpoint["model_args"]))
-model.load_state_dict(checkpoint["model"])
+    if init_from == "resume":
+        model, tokenizer = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    else:
+        model, tokenizer = GPT.from_pretrained(init_from), GPT2_META
+except (ValueError, ImportError, OSError) as e:
+    fail(str(e))
+if model.config.vocab_size < tokenizer["vocab_size"]:
+    fail(f"{init_from} has {model.config.vocab_size} tokens, fewer than GPT-2's {tokenizer['vocab_size']}: "
+         f"it is not a GPT-2-tokenized model")
 model.eval()
 model.to(device)
 if compile:
     model = torch.compile(model)
 
-encode, decode = make_codec(checkpoint["tokenizer"])
+encode, decode = make_codec(tokenizer)
 try:
     start_ids = encode(start)
 except ValueError as e:

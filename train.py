@@ -5,10 +5,16 @@ Train a GPT on the token ids that prepare.py wrote, on a CPU, one GPU, or many t
     python train.py config/shakespeare_char.py        # nanoGPT's 6x6x384 Shakespeare model, for a GPU
     python train.py config/shakespeare_char.py --device=cpu --compile=False --max_iters=2000
     python train.py --init_from=resume                # continue from out_dir/ckpt.pt
+    python train.py config/finetune_shakespeare.py    # finetune OpenAI's GPT-2 (124M) on Shakespeare
+    python train.py config/eval_gpt2.py               # GPT-2's loss on data/openwebtext, without training
     torchrun --standalone --nproc_per_node=4 train.py # data-parallel over 4 processes (GPUs, or CPU with gloo)
 
 Every setting is a module-level value below. Config files (Python files of assignments, e.g.
 config/shakespeare_char.py) and then --key=value flags override them; see configurator.py.
+init_from picks the starting weights: random ('scratch'), out_dir/ckpt.pt ('resume'), OpenAI's GPT-2
+('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', downloaded from the Hugging Face Hub) or a folder in
+Hugging Face's GPT-2 format; pretrained weights bring their own model shape and need a dataset tokenized
+with GPT-2's BPE.
 
 The loop: every eval_interval steps, estimate the train and val loss and save out_dir/ckpt.pt when
 val improves (or always, with always_save_checkpoint); every step, accumulate gradients over
@@ -34,7 +40,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, fail, resolve_device, resolve_dtype
-from model import GPT, GPTConfig
+from model import GPT2_MODELS, GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # default config values: a small character-level model that trains in a few minutes on a laptop CPU
@@ -45,7 +51,7 @@ log_interval = 10
 eval_iters = 20  # batches per split in each loss estimate
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
-init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
 # wandb logging
 wandb_log = False
 wandb_project = "owt"
@@ -90,8 +96,9 @@ globals().update(config)
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
 CHECKPOINT_KEYS = {"model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "best_iter", "config",
                    "tokenizer", "rng_cpu", "rng_cuda"}
-if init_from not in ("scratch", "resume"):
-    fail(f"unknown init_from '{init_from}': use 'scratch' or 'resume'")
+if init_from not in ("scratch", "resume", *GPT2_MODELS) and not os.path.isdir(init_from):
+    fail(f"unknown init_from '{init_from}': use 'scratch', 'resume', a GPT-2 model ({', '.join(GPT2_MODELS)}) "
+         f"or a folder in Hugging Face's GPT-2 format")
 if n_embd % n_head != 0:
     fail(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
 if compile not in (None, True, False):
@@ -221,6 +228,8 @@ vocab_size = meta["vocab_size"] if meta["tokenizer"] == "char" else math.ceil(me
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=vocab_size, dropout=dropout)
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
+PRETRAINED_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")  # a pretrained model brings its own
+pretrained = None if init_from in ("scratch", "resume") else init_from  # where the weights started, if not random
 iter_num = 0
 best_val_loss = float("inf")
 best_iter = 0  # the iteration of best_val_loss
@@ -235,6 +244,9 @@ if init_from == "resume":
              f"it may be truncated or corrupted")
     if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
         fail(f"cannot resume: {ckpt_path} was not written by this train.py (it lacks some of {sorted(CHECKPOINT_KEYS)})")
+    pretrained = checkpoint.get("pretrained")
+    if pretrained:  # the shape came from the pretrained model, not from this config
+        model_args.update({k: checkpoint["model_args"][k] for k in PRETRAINED_KEYS})
     different = [f"{k}={checkpoint['model_args'][k]!r} (asked {model_args[k]!r})"
                  for k in MODEL_KEYS if checkpoint["model_args"][k] != model_args[k]]
     if different:
@@ -247,7 +259,29 @@ if init_from == "resume":
     if master_process:
         print(f"resuming from {ckpt_path} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
 
-model = GPT(GPTConfig(**model_args))
+if pretrained and meta["tokenizer"] != "gpt2":
+    fail(f"{pretrained}'s weights need a dataset tokenized with GPT-2's BPE, but {data_dir} is "
+         f"{meta['tokenizer']}-level; make one with: python prepare.py --input=YOUR_TEXT --tokenizer=gpt2")
+if init_from in ("scratch", "resume"):
+    model = GPT(GPTConfig(**model_args))
+else:
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    except (ValueError, ImportError, OSError) as e:
+        fail(str(e))
+    if model.config.vocab_size < meta["vocab_size"]:
+        fail(f"{init_from} has {model.config.vocab_size} tokens, fewer than the {meta['vocab_size']} of {data_dir}'s "
+             f"tokenizer: it is not a GPT-2-tokenized model")
+    if block_size > model.config.block_size:
+        fail(f"block_size={block_size} is longer than the {model.config.block_size} positions of {init_from}; "
+             f"use --block_size={model.config.block_size} or less")
+    if master_process:
+        print(f"initializing from {init_from}: n_layer={model.config.n_layer}, n_head={model.config.n_head}, "
+              f"n_embd={model.config.n_embd}, vocab_size={model.config.vocab_size}, block_size "
+              f"{model.config.block_size} -> {block_size}")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+    model_args.update({k: getattr(model.config, k) for k in PRETRAINED_KEYS})
 torch.manual_seed(seed + ddp_rank)  # but different dropout masks
 if checkpoint is not None:
     model.load_state_dict(checkpoint["model"])
@@ -345,6 +379,7 @@ def save_checkpoint():
         "best_iter": best_iter,
         "config": config,
         "tokenizer": meta,
+        "pretrained": pretrained,
         "rng_cpu": gather_rng_states(torch.get_rng_state()),
         "rng_cuda": gather_rng_states(torch.cuda.get_rng_state(device)) if device_type == "cuda" else [],
     }
@@ -426,7 +461,8 @@ def plot_losses():
     tokens.set_xlabel("tokens seen (millions)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy loss")
-    ax.set_title(f"{dataset}: {n_layer} layers x {n_embd}, {raw_model.get_num_params() / 1e6:.2f}M parameters",
+    ax.set_title(f"{dataset}: {model_args['n_layer']} layers x {model_args['n_embd']}, "
+                 f"{raw_model.get_num_params() / 1e6:.2f}M parameters",
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()

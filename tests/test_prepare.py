@@ -1,8 +1,10 @@
-"""prepare.py: the splits and token ids, streaming, downloads, and clean failures on bad input."""
+"""prepare.py: the splits and token ids, streaming, documents, downloads, and clean failures on bad input."""
 
 import functools
 import http.server
 import json
+import re
+import sys
 import threading
 
 import numpy as np
@@ -178,3 +180,108 @@ def test_vocabulary_beyond_uint16_is_refused(tmp_path):
     result = run_script("prepare.py", "--input=t.txt", cwd=tmp_path)
     assert_clean_error(result, "70000 distinct characters", "--tokenizer=gpt2")
     assert not list((tmp_path / "data" / "t_char").glob("*.bin*"))
+
+
+# -----------------------------------------------------------------------------
+# documents: .jsonl, .parquet and Hugging Face datasets
+
+DOCUMENTS = [f"Document {i}: " + "hello world, " * (i % 4) + "naïve ☃\nthe end." for i in range(22)]
+DOCUMENTS += ["", "Not special: <|endoftext|> is plain text inside a document."]
+
+
+def write_jsonl(path, documents, **extra):
+    path.write_text("".join(json.dumps({"text": text, **extra}) + "\n" for text in documents), encoding="utf-8")
+
+
+def split_every_fifth(documents, encode):
+    """The split of val_fraction=0.2, written out: documents 4, 9, 14, ... are val."""
+    train, val = [], []
+    for i, text in enumerate(documents):
+        (val if i % 5 == 4 else train).extend(encode(text))
+    return train, val
+
+
+@needs_gpt2_bpe
+def test_jsonl_parquet_and_hf_documents_give_the_same_gpt2_tokens(tmp_path, monkeypatch):
+    pq = pytest.importorskip("pyarrow.parquet")
+    pytest.importorskip("datasets")
+    import pyarrow as pa
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    train, val = split_every_fifth(DOCUMENTS, lambda text: enc.encode_ordinary(text) + [enc.eot_token])
+    write_jsonl(tmp_path / "docs.jsonl", DOCUMENTS, id=7)
+    (tmp_path / "hub_docs").mkdir()  # a folder of data files is a dataset to the datasets package
+    write_jsonl(tmp_path / "hub_docs" / "part-0.jsonl", DOCUMENTS)
+    pq.write_table(pa.table({"id": range(len(DOCUMENTS)), "text": DOCUMENTS}), tmp_path / "docs.parquet")
+
+    result = run_script("prepare.py", "--input=docs.jsonl", "--tokenizer=gpt2", "--val_fraction=0.2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"train has {len(train):,} tokens" in result.stdout and "--dataset=docs" in result.stdout
+    result = run_script("prepare.py", "--input=hf:hub_docs", "--tokenizer=gpt2", "--val_fraction=0.2", cwd=tmp_path,
+                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 0, result.stderr
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 100)  # many batches of documents
+    prepare.prepare(str(tmp_path / "docs.parquet"), str(tmp_path / "data" / "parquet"), "gpt2", 0.2)
+    for name in ("docs", "hub_docs", "parquet"):
+        ids, meta = read_dataset(tmp_path / "data" / name)
+        assert meta == prepare.GPT2_META
+        assert ids["train"].tolist() == train and ids["val"].tolist() == val, name
+
+
+def test_char_documents_from_a_url_end_with_a_newline(tmp_path, http_server):
+    write_jsonl(tmp_path / "www" / "docs.jsonl", DOCUMENTS)
+    result = run_script("prepare.py", f"--input={http_server}/docs.jsonl", "--val_fraction=0.2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "data" / "docs_char"
+    assert (folder / "input.jsonl").read_bytes() == (tmp_path / "www" / "docs.jsonl").read_bytes()
+    ids, meta = read_dataset(folder)
+    assert meta["chars"] == "".join(sorted(set("".join(DOCUMENTS) + "\n")))
+    _, decode = prepare.make_codec(meta)
+    train, val = split_every_fifth(DOCUMENTS, lambda text: list(text + "\n"))
+    assert decode(ids["train"].tolist()) == "".join(train) and decode(ids["val"].tolist()) == "".join(val)
+
+
+def write_parquet(path, **columns):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    pq.write_table(pa.table(columns), path)
+
+
+@pytest.mark.parametrize("name, write, fragments", [
+    ("d.jsonl", lambda p: p.write_text('{"text": "a"}\nnot json\n'), ["d.jsonl line 2 is not a JSON object"]),
+    ("d.jsonl", lambda p: p.write_text('{"text": "a"}\n\n{"body": "b"}\n'), ["d.jsonl line 3 has no \"text\" string"]),
+    ("d.jsonl", lambda p: write_jsonl(p, ["a"] * 9), ["has only 9 document(s), too few to split", "every 10"]),
+    ("d.jsonl", lambda p: p.write_text(""), ["has no documents"]),
+    ("d.parquet", lambda p: write_parquet(p, body=["a"] * 20), ["has no \"text\" column (its columns: body)"]),
+    ("d.parquet", lambda p: write_parquet(p, text=["a", None] * 10), ["d.parquet row 1 has a \"text\" of None"]),
+    ("d.parquet", lambda p: p.write_bytes(b"PAR1 not really"), ["not a readable Parquet file"]),
+])
+def test_bad_documents_are_clean_errors_and_keep_existing_files(tmp_path, name, write, fragments):
+    folder = tmp_path / "data" / "d_char"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text("old")
+    if name.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+    write(tmp_path / name)
+    assert_clean_error(run_script("prepare.py", f"--input={name}", "--dataset=d_char", cwd=tmp_path), *fragments)
+    assert [p.name for p in folder.iterdir()] == ["meta.json"] and (folder / "meta.json").read_text() == "old"
+
+
+def test_a_hugging_face_dataset_that_cannot_be_read_is_a_clean_error(tmp_path):
+    pytest.importorskip("datasets")
+    result = run_script("prepare.py", "--input=hf:nobody/nothing", "--tokenizer=gpt2", cwd=tmp_path,
+                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert_clean_error(result, "cannot read the Hugging Face dataset nobody/nothing")
+    assert not list((tmp_path / "data" / "nothing").iterdir())
+
+
+@pytest.mark.parametrize("module, input, fragment", [
+    ("pyarrow.parquet", "d.parquet", "reading .parquet files needs pyarrow: pip install pyarrow"),
+    ("datasets", "hf:some/dataset", "--input=hf:some/dataset needs the datasets package: pip install datasets"),
+])
+def test_missing_packages_for_documents_say_how_to_install_them(tmp_path, monkeypatch, module, input, fragment):
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    (tmp_path / "d.parquet").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=re.escape(fragment)):
+        prepare.prepare(input, str(tmp_path / "out"), "char", 0.1)

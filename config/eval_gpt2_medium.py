@@ -1,0 +1,11 @@
+# Evaluate OpenAI's gpt2-medium (350M parameters) on data/openwebtext without training, as nanoGPT's
+# config/eval_gpt2_medium.py: python train.py config/eval_gpt2_medium.py
+# nanoGPT measured train loss 2.85, val loss 2.84 on OpenWebText.
+# The data, once: python prepare.py --input=hf:Skylion007/openwebtext --tokenizer=gpt2 --val_fraction=0.0005
+batch_size = 8
+block_size = 1024  # GPT-2's whole context
+eval_iters = 500  # use more iterations to get a good estimate
+eval_only = True
+wandb_log = False
+init_from = "gpt2-medium"
+dataset = "openwebtext"
