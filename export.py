@@ -2,7 +2,7 @@
 Export a model that train.py trained in Hugging Face's GPT-2 format: config.json and model.safetensors.
 
     python export.py                                        # out/ckpt.pt -> out/hf/
-    python export.py --out_dir=out-shakespeare --export_dir=shakespeare-gpt2
+    python export.py --out_dir=out-big --export_dir=big-gpt2
 
 transformers reads the folder (GPT2LMHeadModel.from_pretrained("out/hf"), with GPT-2's tokenizer:
 AutoTokenizer.from_pretrained("gpt2")), and so do train.py and sample.py (--init_from=out/hf). Only

@@ -1,9 +1,9 @@
 # Finetune OpenAI's GPT-2 (124M) on Tiny Shakespeare, as nanoGPT's config/finetune_shakespeare.py:
 #   python prepare.py --tokenizer=gpt2 && python train.py config/finetune_shakespeare.py
-#   python sample.py --out_dir=out-shakespeare --start="ROMEO:"
+#   python sample.py --start="ROMEO:"
 # Minutes on a GPU; a CPU takes hours. init_from='gpt2-xl' (1.5B) is nanoGPT's choice, for a big GPU.
 
-out_dir = "out-shakespeare"
+# out_dir stays 'out' (nanoGPT: out-shakespeare) so that a plain `python sample.py` finds the model
 eval_interval = 5
 eval_iters = 40
 log_interval = 1

@@ -198,7 +198,7 @@ def test_finetune_config_on_a_folder_then_resume_export_and_evaluate(gpt2_data, 
             f"block_size 64 -> 16") in result.stdout
     _, val = parse_losses(result.stdout)
     assert val[6] < val[0] - 0.2
-    ckpt_path = gpt2_data / "out-shakespeare" / "ckpt.pt"
+    ckpt_path = gpt2_data / "out" / "ckpt.pt"
     checkpoint = torch.load(ckpt_path, weights_only=True)
     assert checkpoint["model_args"] == dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=True,
                                             vocab_size=50257, dropout=0.1)
@@ -208,20 +208,20 @@ def test_finetune_config_on_a_folder_then_resume_export_and_evaluate(gpt2_data, 
     # the same settings resume it: the model's shape comes from the checkpoint, not from the config's defaults
     result = run_script("train.py", *args, "--max_iters=7", "--init_from=resume", cwd=gpt2_data)
     assert result.returncode == 0, result.stderr
-    assert "resuming from out-shakespeare/ckpt.pt at iter 6; changed: max_iters 6 -> 7" in result.stdout
+    assert "resuming from out/ckpt.pt at iter 6; changed: max_iters 6 -> 7" in result.stdout
     last_eval = [line for line in result.stdout.splitlines() if line.startswith("step 7:")][0]
 
-    result = run_script("export.py", "--out_dir=out-shakespeare", cwd=gpt2_data)
+    result = run_script("export.py", cwd=gpt2_data)
     assert result.returncode == 0, result.stderr
-    assert "wrote out-shakespeare/hf/config.json and model.safetensors" in result.stdout
+    assert "wrote out/hf/config.json and model.safetensors" in result.stdout
     model, _ = load_checkpoint(str(ckpt_path))
-    exported = GPT2LMHeadModel.from_pretrained(gpt2_data / "out-shakespeare" / "hf").eval()
+    exported = GPT2LMHeadModel.from_pretrained(gpt2_data / "out" / "hf").eval()
     idx = torch.randint(50257, (2, 16))
     with torch.no_grad():
         assert torch.allclose(exported(idx).logits, our_logits(model, idx), atol=1e-5)
 
     # the eval config on the exported folder: the same batches, so the same losses as the checkpoint's last eval
-    result = run_script("train.py", ROOT / "config" / "eval_gpt2.py", "--init_from=out-shakespeare/hf", "--device=cpu",
+    result = run_script("train.py", ROOT / "config" / "eval_gpt2.py", "--init_from=out/hf", "--device=cpu",
                         "--dataset=shakespeare", "--block_size=16", "--batch_size=4", "--eval_iters=2",
                         "--out_dir=eval", cwd=gpt2_data)
     assert result.returncode == 0, result.stderr
