@@ -431,8 +431,10 @@ def read_weights(path):
         except ImportError:
             raise ImportError(f"reading {path} needs safetensors: pip install safetensors") from None
     try:
-        state = load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu",
-                                                                                  weights_only=True)
+        if path.endswith(".safetensors"):
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupted, or not weights at all
         raise ValueError(f"{path} is not a readable weights file ({type(e).__name__}); "
                          f"it may be truncated or corrupted") from None
