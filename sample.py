@@ -96,16 +96,16 @@ x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T
 
 
 def print_as_generated(tokens):
-    """Print the text of a growing token list as it grows: decode it whole, print what is new."""
-    ids, shown = x[0].tolist(), ""
+    """Print the text of each new token as soon as it is whole, starting with the prompt."""
+    pending = x[0].tolist()  # tokens not printed yet
     for token in tokens:
-        ids.append(token.item())
-        text = decode(ids)
+        pending.append(token.item())
+        text = decode(pending)
         # a character split across BPE tokens decodes as U+FFFD until its last byte arrives
         if not text.endswith("\ufffd"):
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-    print(decode(ids)[len(shown):])
+            print(text, end="", flush=True)
+            pending = []
+    print(decode(pending))
 
 
 with torch.no_grad(), autocast:
