@@ -35,7 +35,7 @@ if tokenizer["tokenizer"] != "gpt2":
          f"(prepare.py --tokenizer=gpt2) can be exported in GPT-2's format")
 try:
     model.save_pretrained(export_dir)
-except (ImportError, OSError) as e:
+except (ValueError, ImportError, OSError) as e:
     fail(f"cannot export to {export_dir}: {e}")
 print(f"wrote {export_dir}/config.json and model.safetensors ({model.get_num_params() / 1e6:.2f}M parameters)")
 print(f"sample from it with: python sample.py --init_from={export_dir}")

@@ -1,12 +1,15 @@
 """
 The whole GPT language model in one file: GPT-2's architecture, GPT-2's parameter names.
 
-- GPTConfig: the model's shape.
+- GPTConfig: the model's shape, its GELU (GPT-2's tanh approximation or the exact one), and two options
+  beyond GPT-2, off by default: rotary position embeddings and QK-norm.
 - GPT: token and position embeddings, n_layer transformer blocks (causal self-attention
   and an MLP, each behind a LayerNorm on a residual stream), a final LayerNorm and a
   language-model head that shares its weights with the token embedding.
-- GPT.generate, GPT.generate_stream: sampling with temperature, top-k and top-p, through a KV cache.
-- GPT.configure_optimizers, GPT.estimate_mfu, GPT.crop_block_size, GPT.get_num_params.
+- GPT.generate, GPT.generate_stream: sampling with temperature, top-k and top-p, through a KV cache;
+  GPT.lay_out_for_sampling lays the weights out in memory as a CPU's one-token products read them fastest.
+- GPT.configure_optimizers: AdamW, or Muon for the blocks' matrices and AdamW for the rest (class Muon).
+- GPT.estimate_mfu with peak_flops (a device's peak, measured on CPUs), GPT.crop_block_size, GPT.get_num_params.
 
 A state dict saved by nanoGPT loads into this model, and the other way round.
 
@@ -22,12 +25,14 @@ requirements-gpt2.txt); both are imported only when used.
 References:
 1) OpenAI's GPT-2 TensorFlow implementation: https://github.com/openai/gpt-2/blob/master/src/model.py
 2) "Language Models are Unsupervised Multitask Learners" (GPT-2) and "Attention Is All You Need".
+3) Rotary embeddings: "RoFormer" (Su et al. 2021); QK-norm: "Scaling Vision Transformers to 22 Billion
+   Parameters" (Dehghani et al. 2023); Muon: https://kellerjordan.github.io/posts/muon/
 """
 
-import inspect
 import json
 import math
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -45,6 +50,14 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, as GPT-2; False is a little better and faster
+    activation: str = "gelu_tanh"  # the MLP's GELU: GPT-2's tanh approximation, or 'gelu', the exact one (nanoGPT's)
+    # Beyond GPT-2, both off by default, so that the default model is GPT-2 and loads its weights:
+    rotary: bool = False  # rotary position embeddings on queries and keys instead of learned ones (no wpe)
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention
+
+
+# The MLP's nonlinearity. The two compute nearly the same function, but on CPUs the exact one runs 3x faster.
+ACTIVATIONS = {"gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
 
 
 # OpenAI's GPT-2 models, as the Hugging Face Hub names them
@@ -53,6 +66,8 @@ GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-mediu
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # transformers' GPT-2 keeps these weights in Conv1D layers, shaped (in, out): the transpose of nn.Linear's (out, in)
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# transformers' names of the GELUs that GPT2Config's activation_function may name, and ours
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 # transformers' GPT2Config defaults, for the keys that a config.json leaves out
 GPT2_DEFAULTS = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                      n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5, scale_attn_weights=True,
@@ -93,18 +108,23 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
         # query, key and value projections for all heads, in one matrix
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cache=None):
+    def forward(self, x, rotation=None, cache=None):
         B, T, C = x.size()  # batch, sequence length, n_embd
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3 * self.n_head, hs)  # the queries, keys and values of every head
+        qk, v = qkv.split((2 * self.n_head, self.n_head), dim=2)  # (B, T, 2 * nh, hs), (B, T, nh, hs)
+        if self.qk_norm:
+            qk = F.rms_norm(qk, (hs,))
+        if rotation is not None:
+            qk = rotate(qk, *rotation)
+        q, k = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs) each
+        v = v.transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, nh, cached + T, hs)
         # Several new tokens only ever come on an empty cache, where the causal mask is exact;
@@ -115,17 +135,23 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+def rotate(x, cos, sin):
+    """Rotary position embedding: turn each channel pair (i, i + hs/2) of x (B, T, heads, hs) by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, T, heads, hs/2) each; cos and sin are (T, 1, hs/2)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
 class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.activation = ACTIVATIONS[config.activation]
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -137,8 +163,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, rotation=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rotation, cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -152,11 +178,19 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            # learned position embeddings, unless rotary embeddings give the positions
+            **({} if config.rotary else dict(wpe=nn.Embedding(config.block_size, config.n_embd))),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
+        if config.rotary:
+            # the angle of position t in channel pair i is t / 10000^(2i / hs), as in RoFormer (Su et al. 2021);
+            # not saved with the weights: they follow from the config
+            hs = config.n_embd // config.n_head
+            angles = torch.outer(torch.arange(config.block_size), 10000.0 ** (-torch.arange(0, hs, 2) / hs))
+            self.register_buffer("rotary_cos", angles.cos()[:, None, :], persistent=False)  # (block_size, 1, hs/2)
+            self.register_buffer("rotary_sin", angles.sin()[:, None, :], persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the head that reads out tokens is the embedding that reads them in.
         # https://paperswithcode.com/method/weight-tying
@@ -174,7 +208,7 @@ class GPT(nn.Module):
         embeddings are, since they are also the weights of the final layer.
         """
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and not self.config.rotary:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -198,12 +232,16 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"cannot forward {start + T} tokens: block_size is {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=device)  # (T,)
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
-        pos_emb = self.transformer.wpe(pos)  # (T, C)
-        x = self.transformer.drop(tok_emb + pos_emb)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rotation = None
+        if self.config.rotary:
+            rotation = self.rotary_cos[start:start + T], self.rotary_sin[start:start + T]  # (T, 1, hs/2) each
+        else:
+            pos = torch.arange(start, start + T, dtype=torch.long, device=device)  # (T,)
+            x = x + self.transformer.wpe(pos)  # (T, C) position embeddings, broadcast over the batch
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cache)
+            x = block(x, rotation, cache)
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.length += T
@@ -219,7 +257,10 @@ class GPT(nn.Module):
         """Shorten the context, e.g. to finetune a model trained with a longer block_size."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if self.config.rotary:
+            self.rotary_cos, self.rotary_sin = self.rotary_cos[:block_size], self.rotary_sin[:block_size]
+        else:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
     def from_pretrained(cls, name_or_path, override_args=None):
@@ -252,8 +293,13 @@ class GPT(nn.Module):
         """
         Write folder/config.json and folder/model.safetensors in Hugging Face's GPT-2 format, which
         transformers (GPT2LMHeadModel.from_pretrained) and GPT.from_pretrained read. GPT-2 has biases
-        everywhere: a model without them gets zero biases, which compute the same.
+        everywhere: a model without them gets zero biases, which compute the same. A model with an option
+        beyond GPT-2 (rotary, qk_norm) cannot be written so: ValueError.
         """
+        cfg = self.config
+        beyond = [name for name, on in (("rotary", cfg.rotary), ("qk_norm", cfg.qk_norm)) if on]
+        if beyond:
+            raise ValueError(f"GPT-2's format cannot hold this model: it uses {', '.join(beyond)}, which GPT-2 has not")
         try:
             from safetensors.torch import save_file
         except ImportError:
@@ -262,9 +308,9 @@ class GPT(nn.Module):
         for name, module in self.transformer.named_modules():
             if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is None:
                 state[f"transformer.{name}.bias"] = torch.zeros(module.weight.size(0))
-        cfg = self.config
         config = dict(GPT2_DEFAULTS, architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
                       n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                      activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
                       attn_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
         os.makedirs(folder, exist_ok=True)
         with replaced_atomically(os.path.join(folder, "model.safetensors")) as tmp:
@@ -272,19 +318,39 @@ class GPT(nn.Module):
         with replaced_atomically(os.path.join(folder, "config.json")) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on the matrices (2-D and up) only, not on biases and LayerNorm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay_params = [p for p in params if p.dim() >= 2]
-        nodecay_params = [p for p in params if p.dim() < 2]
+    def lay_out_for_sampling(self):
+        """
+        Store every Linear weight transposed in memory (its shape, values and names stay). Sampling one token
+        at a time multiplies each weight matrix by a single vector, which reads the whole matrix from memory; on
+        x86 CPUs, MKL's matrix-vector product reads this layout about twice as fast (bench.py --part=sample).
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.data = module.weight.data.t().contiguous().t()
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon_learning_rate=0.0,
+                             muon_momentum=0.95):
+        """
+        AdamW with weight decay on the matrices (2-D and up) only, not on biases and norm gains. With a
+        muon_learning_rate, the transformer blocks' matrices are trained by Muon at that rate instead (their
+        group's lr_scale is its ratio to learning_rate, for train.py's schedule), the rest by AdamW.
+        """
+        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        hidden = {name for name, p in params.items() if name.startswith("transformer.h.") and p.dim() == 2}
+        if not muon_learning_rate:
+            hidden = set()
+        decay_params = [p for name, p in params.items() if p.dim() >= 2 and name not in hidden]
+        nodecay_params = [p for p in params.values() if p.dim() < 2]
         optim_groups = [
             {"params": decay_params, "weight_decay": weight_decay},
             {"params": nodecay_params, "weight_decay": 0.0},
         ]
-        # the fused kernel is one launch for all parameters instead of several per tensor
-        use_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type == "cuda"
-        extra_args = dict(fused=True) if use_fused else dict()
-        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
+        if hidden:
+            optim_groups.append({"params": [params[name] for name in sorted(hidden)], "weight_decay": weight_decay,
+                                 "muon": True, "lr": muon_learning_rate, "lr_scale": muon_learning_rate / learning_rate})
+            return Muon(optim_groups, lr=learning_rate, betas=betas, momentum=muon_momentum)
+        # the fused kernel (CUDA and CPU) is one pass over all parameters instead of several ops per tensor
+        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
 
     def flops_per_token(self):
         """Training FLOPs per token (forward and backward), as in the PaLM paper's appendix B."""
@@ -328,17 +394,118 @@ class GPT(nn.Module):
             if cache.length + fresh.size(1) > block_size:
                 cache.length = 0
                 fresh = idx[:, -max(1, block_size // 2):]
-            logits, _ = self(fresh, cache=cache)
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)
-            fresh = idx_next
-            yield idx_next
+            # inference mode: no_grad, and less bookkeeping per op, which is most of a one-token step's time;
+            # its tensors stay inside (the cache, fresh), the caller gets ordinary ones
+            with torch.inference_mode():
+                logits, _ = self(fresh, cache=cache)
+                fresh = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
+            idx = torch.cat((idx, fresh), dim=1)
+            yield idx[:, -1:]
+
+
+def peak_flops(device, dtype):
+    """
+    Peak FLOP/s of one device at dtype ('float32', 'bfloat16', 'float16'), for MFU: the data sheet's dense
+    figure for GPUs; on a CPU, the best of several 1024 x 1024 matrix products, measured now.
+    """
+    device_type = device.split(":")[0]
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        # dense bf16/fp16 tensor-core peaks, from the vendors' data sheets
+        table = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
+                 ("4090", 165e12), ("A10", 125e12), ("V100", 125e12), ("T4", 65e12)]
+        peak = next((flops for key, flops in table if key in name), 312e12)
+        return peak if dtype != "float32" else peak / 2  # TF32 runs at half the 16-bit rate
+    if device_type == "mps":
+        return 10e12  # roughly an M-series GPU's fp32 peak
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    a = torch.full((1024, 1024), 0.5, dtype=ptdtype)  # not random: the RNG state belongs to training
+    best = 0.0
+    for _ in range(8):  # the first products run slow while the cores wake up
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ a
+        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - t))
+    return best
+
+
+class Muon(torch.optim.Optimizer):
+    """
+    Muon (Keller Jordan, 2024: https://kellerjordan.github.io/posts/muon/) for the param groups marked
+    muon=True, AdamW for the others. Muon keeps a momentum of each matrix's gradient and steps along its
+    Nesterov update made orthogonal: the same singular vectors, every singular value near 1, so that
+    no direction dominates the step. Newton-Schulz iterations make it orthogonal with matrix products
+    alone; all the matrices of one shape go through them together, as one batch, in float32.
+    """
+
+    def __init__(self, param_groups, lr, betas, momentum=0.95, eps=1e-8):
+        super().__init__(param_groups, dict(lr=lr, betas=betas, momentum=momentum, eps=eps, muon=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["muon"]:
+                self.muon_step(group, params)
+            else:
+                self.adamw_step(group, params)
+        return loss
+
+    def muon_step(self, group, params):
+        by_shape = {}
+        for p in params:
+            by_shape.setdefault(p.shape, []).append(p)
+        for shape, same_shape in by_shape.items():
+            updates = []
+            for p in same_shape:
+                momentum = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                momentum.lerp_(p.grad, 1 - group["momentum"])
+                updates.append(p.grad.lerp(momentum, group["momentum"]))  # Nesterov: look one step ahead
+            # a wide matrix's orthogonal update has smaller entries than a tall one's: scale it up to match
+            step_size = group["lr"] * max(1.0, shape[0] / shape[1]) ** 0.5
+            for p, update in zip(same_shape, orthogonalize(torch.stack(updates))):
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-step_size)
+
+    def adamw_step(self, group, params):
+        beta1, beta2 = group["betas"]
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state["step"] += 1
+            state["exp_avg"].lerp_(p.grad, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            bias_correction1, bias_correction2 = 1 - beta1 ** state["step"], 1 - beta2 ** state["step"]
+            denominator = (state["exp_avg_sq"] / bias_correction2).sqrt_().add_(group["eps"])
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / bias_correction1)
+
+
+def orthogonalize(G, steps=5):
+    """
+    G (n, rows, cols) -> n matrices with G's singular vectors and singular values between about 0.7 and 1.2:
+    Muon's quintic Newton-Schulz iteration, whose coefficients trade exactness for fast convergence.
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    wide = G.size(1) <= G.size(2)
+    X = G if wide else G.mT  # iterate on the smaller Gram matrix X @ X^T
+    X = X / (X.norm(dim=(1, 2), keepdim=True) + 1e-7)  # singular values at most 1
+    for _ in range(steps):
+        A = X @ X.mT
+        X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)  # (a + bA + cA^2) X
+    return X if wide else X.mT
+
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     """Draw one token per row from logits (B, vocab_size): temperature, then top-k, then top-p (nucleus)."""
     logits = logits / temperature
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+    if top_k is not None and top_k < logits.size(-1):
+        v, _ = torch.topk(logits, top_k)
         logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
     if top_p is not None and top_p < 1.0:
         # keep the most likely tokens until their probabilities add up to top_p
@@ -405,7 +572,7 @@ def gpt2_config_args(config_path):
     if c["model_type"] != "gpt2":
         raise ValueError(f"{config_path} describes a {c['model_type']} model, not GPT-2")
     gpt2_like = {
-        "activation_function": c["activation_function"] in ("gelu_new", "gelu_pytorch_tanh"),  # both tanh GELUs
+        "activation_function": c["activation_function"] in HF_ACTIVATIONS,
         "layer_norm_epsilon": c["layer_norm_epsilon"] == 1e-5,
         "n_inner": c["n_inner"] in (None, 4 * c["n_embd"]),
         "scale_attn_weights": c["scale_attn_weights"] is True,
@@ -420,7 +587,7 @@ def gpt2_config_args(config_path):
     if c["n_embd"] % c["n_head"] != 0:
         raise ValueError(f"{config_path}: n_embd ({c['n_embd']}) is not divisible by n_head ({c['n_head']})")
     return dict(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], block_size=c["n_positions"],
-                vocab_size=c["vocab_size"], bias=True)
+                vocab_size=c["vocab_size"], bias=True, activation=HF_ACTIVATIONS[c["activation_function"]])
 
 
 def read_weights(path):

@@ -83,6 +83,8 @@ if model.config.vocab_size < tokenizer["vocab_size"]:
          f"it is not a GPT-2-tokenized model")
 model.eval()
 model.to(device)
+if device_type == "cpu":
+    model.lay_out_for_sampling()
 if compile:
     model = torch.compile(model)
 

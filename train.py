@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, fail, resolve_device, resolve_dtype
-from model import GPT2_MODELS, GPT, GPTConfig
+from model import ACTIVATIONS, GPT2_MODELS, GPT, GPTConfig, peak_flops
 
 # -----------------------------------------------------------------------------
 # default config values: a small character-level model that trains in a few minutes on a laptop CPU
@@ -67,8 +68,13 @@ n_head = 4
 n_embd = 128
 dropout = 0.0  # 0 for pretraining, 0.1+ for finetuning or small data
 bias = False  # biases in Linears and LayerNorms
-# AdamW optimizer
-learning_rate = 1e-3  # max learning rate
+activation = "gelu"  # the MLP's: 'gelu' (exact, as nanoGPT) or 'gelu_tanh' (GPT-2's approximation, slower on CPUs)
+rotary = False  # rotary position embeddings instead of learned ones
+qk_norm = False  # RMSNorm on queries and keys
+# optimizer: AdamW, or Muon for the transformer blocks' matrices and AdamW for the rest
+learning_rate = 1e-3  # max learning rate (AdamW's)
+muon_learning_rate = 0.0  # above 0: Muon, at this max learning rate, for the blocks' matrices
+muon_momentum = 0.95
 max_iters = 2000  # total optimizer steps
 weight_decay = 1e-1
 beta1 = 0.9
@@ -93,7 +99,7 @@ globals().update(config)
 # -----------------------------------------------------------------------------
 # check the settings before anything slow happens
 
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "activation", "rotary", "qk_norm")
 CHECKPOINT_KEYS = {"model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "best_iter", "config",
                    "tokenizer", "rng_cpu", "rng_cuda"}
 if init_from not in ("scratch", "resume", *GPT2_MODELS) and not os.path.isdir(init_from):
@@ -101,6 +107,12 @@ if init_from not in ("scratch", "resume", *GPT2_MODELS) and not os.path.isdir(in
          f"or a folder in Hugging Face's GPT-2 format")
 if n_embd % n_head != 0:
     fail(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
+if rotary and n_embd // n_head % 2:
+    fail(f"rotary=True turns channels in pairs: the head size n_embd // n_head ({n_embd // n_head}) must be even")
+if activation not in ACTIVATIONS:
+    fail(f"unknown activation '{activation}': use {', '.join(ACTIVATIONS)}")
+if fsdp and muon_learning_rate:
+    fail("fsdp=True cannot train with Muon, which needs each matrix whole: use DDP (fsdp=False) or muon_learning_rate=0")
 if compile not in (None, True, False):
     fail(f"compile must be True or False, got {compile!r}")
 for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps", "eval_interval",
@@ -226,9 +238,9 @@ def train_batches(iter_num):
 # GPT-2's 50257 tokens are padded to a multiple of 64, as in nanoGPT, for faster matrix products
 vocab_size = meta["vocab_size"] if meta["tokenizer"] == "char" else math.ceil(meta["vocab_size"] / 64) * 64
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  vocab_size=vocab_size, dropout=dropout)
+                  vocab_size=vocab_size, dropout=dropout, activation=activation, rotary=rotary, qk_norm=qk_norm)
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
-PRETRAINED_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")  # a pretrained model brings its own
+PRETRAINED_KEYS = tuple(k for k in MODEL_KEYS if k != "block_size")  # a pretrained model brings its own
 pretrained = None if init_from in ("scratch", "resume") else init_from  # where the weights started, if not random
 iter_num = 0
 best_val_loss = float("inf")
@@ -245,10 +257,11 @@ if init_from == "resume":
     if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
         fail(f"cannot resume: {ckpt_path} was not written by this train.py (it lacks some of {sorted(CHECKPOINT_KEYS)})")
     pretrained = checkpoint.get("pretrained")
+    # a checkpoint from before an architecture option existed was trained with GPTConfig's default for it
+    saved_args = {**asdict(GPTConfig()), **checkpoint["model_args"]}
     if pretrained:  # the shape came from the pretrained model, not from this config
-        model_args.update({k: checkpoint["model_args"][k] for k in PRETRAINED_KEYS})
-    different = [f"{k}={checkpoint['model_args'][k]!r} (asked {model_args[k]!r})"
-                 for k in MODEL_KEYS if checkpoint["model_args"][k] != model_args[k]]
+        model_args.update({k: saved_args[k] for k in PRETRAINED_KEYS})
+    different = [f"{k}={saved_args[k]!r} (asked {model_args[k]!r})" for k in MODEL_KEYS if saved_args[k] != model_args[k]]
     if different:
         fail(f"cannot resume: the checkpoint's model differs: {', '.join(different)}; "
              f"use the settings it was trained with, or a new --out_dir")
@@ -297,7 +310,8 @@ if fsdp:
 
 # fp16 needs its gradients scaled up to stay representable; a no-op for other dtypes
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16" and device_type != "mps")
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon_learning_rate,
+                                       muon_momentum)
 if checkpoint is not None:
     # the optimizer state is stored by parameter name, whole, so that any process layout can read it
     set_optimizer_state_dict(model, optimizer, checkpoint["optimizer"], options=StateDictOptions(full_state_dict=True))
@@ -312,27 +326,6 @@ if compile:
     model = torch.compile(model)  # compiles at the first call: the first evaluation and step take longer
 if ddp and not fsdp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
-
-
-def device_peak_flops():
-    """Peak FLOP/s of one device at this dtype, for MFU: a table for GPUs, a measured matrix product on CPUs."""
-    if device_type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        # dense bf16/fp16 tensor-core peaks, from the vendors' data sheets
-        table = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
-                 ("4090", 165e12), ("A10", 125e12), ("V100", 125e12), ("T4", 65e12)]
-        peak = next((flops for key, flops in table if key in name), 312e12)
-        return peak if dtype != "float32" else peak / 2  # TF32 runs at half the 16-bit rate
-    if device_type == "mps":
-        return 10e12  # roughly an M-series GPU's fp32 peak
-    a = torch.full((1024, 1024), 0.5, dtype=ptdtype)  # not random: the RNG state belongs to training
-    best = 0.0
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(4):
-            a @ a
-        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - t))
-    return best
 
 
 @torch.no_grad()
@@ -499,7 +492,7 @@ def check_finite(loss, what):
              f"Try a lower learning_rate, or grad_clip=1.0")
 
 
-peak_flops = device_peak_flops() if master_process else 0.0
+peak = peak_flops(device, dtype) if master_process else 0.0
 if write_metrics:
     metrics = earlier_metrics()
     elapsed_before = metrics[-1]["elapsed"] if metrics else 0.0  # a resumed run's clock continues
@@ -515,7 +508,7 @@ running_mfu = -1.0
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
-        param_group["lr"] = lr
+        param_group["lr"] = lr * param_group.get("lr_scale", 1.0)  # Muon's group keeps its ratio to AdamW's rate
 
     # evaluate the loss on train/val sets and write checkpoints
     if iter_num % eval_interval == 0 or iter_num == max_iters:
@@ -572,7 +565,7 @@ while True:
         check_finite(lossf, "loss")
         if master_process:
             if local_iter_num >= 5:  # let the training loop settle a bit
-                mfu = raw_model.estimate_mfu(micro_batch * micro_steps, dt, peak_flops)
+                mfu = raw_model.estimate_mfu(micro_batch * micro_steps, dt, peak)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             seconds_left = (t1 - run_start) / (local_iter_num + 1) * (max_iters - iter_num - 1)
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%, "

@@ -35,6 +35,13 @@ def run_script(script, *args, cwd, env=None):
                           text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 
+def run_ok(script, *args, cwd):
+    """Run one of the project's scripts, which must succeed; return its stdout."""
+    result = run_script(script, *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def assert_clean_error(result, *fragments):
     """A failure as users should see it: non-zero exit, one line on stderr, no traceback, naming the fragments."""
     assert result.returncode != 0, result.stdout

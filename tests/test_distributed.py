@@ -34,10 +34,17 @@ def max_difference(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("mode, accumulation", [("ddp", 2), ("fsdp", 2), ("ddp", 1)])
-def test_two_processes_train_the_same_model_as_one(char_data, mode, accumulation):
-    """With accumulation 2 each process takes one micro-batch; with 1, half of it (the default under torchrun)."""
-    args = ["--max_iters=8", f"--gradient_accumulation_steps={accumulation}"]
+MUON = ["--muon_learning_rate=0.02", "--rotary=True", "--qk_norm=True"]
+
+
+@pytest.mark.parametrize("mode, accumulation, options", [("ddp", 2, []), ("fsdp", 2, []), ("ddp", 1, []),
+                                                         ("ddp", 2, MUON)])
+def test_two_processes_train_the_same_model_as_one(char_data, mode, accumulation, options):
+    """
+    With accumulation 2 each process takes one micro-batch; with 1, half of it (the default under torchrun).
+    Under Muon every process orthogonalizes the same averaged gradients.
+    """
+    args = ["--max_iters=8", f"--gradient_accumulation_steps={accumulation}", *options]
     one = parse_losses(single(char_data, *args, "--out_dir=one").stdout)
     result = torchrun(char_data, *args, f"--out_dir={mode}", f"--fsdp={mode == 'fsdp'}")
     assert result.returncode == 0, result.stderr

@@ -93,19 +93,39 @@ def test_old_gpt2_files_with_mask_buffers_and_a_head_load(tmp_path):
         assert torch.allclose(our_logits(GPT.from_pretrained(str(tmp_path)), idx), hf(idx).logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_save_pretrained_is_read_by_transformers_and_back(tmp_path, bias):
+@pytest.mark.parametrize("bias, activation, hf_activation", [(True, "gelu_tanh", "gelu_new"), (False, "gelu", "gelu")])
+def test_save_pretrained_is_read_by_transformers_and_back(tmp_path, bias, activation, hf_activation):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=71, bias=bias))
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=71, bias=bias,
+                          activation=activation))
     model.save_pretrained(str(tmp_path / "hf"))
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["n_positions"] == 24 and config["vocab_size"] == 71
+    assert config["activation_function"] == hf_activation
     idx = torch.randint(71, (2, 24))
     with torch.no_grad():
         expected = our_logits(model, idx)
         assert torch.allclose(GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()(idx).logits, expected, atol=1e-5)
         assert torch.equal(our_logits(GPT.from_pretrained(str(tmp_path / "hf")), idx), expected)
+
+
+def test_a_gpt2_with_the_exact_gelu_loads_with_it(tmp_path):
+    hf = hf_gpt2(vocab_size=67, n_positions=24, activation_function="gelu")
+    hf.save_pretrained(tmp_path)
+    model = GPT.from_pretrained(str(tmp_path))
+    assert model.config.activation == "gelu"
+    idx = torch.randint(67, (2, 24))
+    with torch.no_grad():
+        assert torch.allclose(our_logits(model, idx), hf_logits(hf, idx), atol=1e-5)
+
+
+@pytest.mark.parametrize("option", [dict(rotary=True), dict(qk_norm=True)])
+def test_options_beyond_gpt2_cannot_be_saved_in_its_format(tmp_path, option):
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50, **option))
+    with pytest.raises(ValueError, match="GPT-2's format cannot hold this model: it uses"):
+        model.save_pretrained(str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()
 
 
 def test_dropout_is_the_one_setting_to_override(gpt2_folder):
@@ -201,7 +221,8 @@ def test_finetune_config_on_a_folder_then_resume_export_and_evaluate(gpt2_data, 
     ckpt_path = gpt2_data / "out" / "ckpt.pt"
     checkpoint = torch.load(ckpt_path, weights_only=True)
     assert checkpoint["model_args"] == dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=True,
-                                            vocab_size=50257, dropout=0.1)
+                                            vocab_size=50257, dropout=0.1, activation="gelu_tanh", rotary=False,
+                                            qk_norm=False)
     assert checkpoint["tokenizer"] == {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}
     assert checkpoint["pretrained"] == str(gpt2_folder)
 
@@ -238,12 +259,17 @@ def small_vocab_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def char_checkpoint(gpt2_data):
-    """gpt2_data with a char-level dataset, data/chars, and a checkpoint of a char-level model in chars-out/."""
+    """gpt2_data with a char-level dataset, data/chars, a char-level model in chars-out/, a rotary one in rotary-out/."""
     meta = {"tokenizer": "char", "vocab_size": 65, "chars": "".join(map(chr, range(32, 97)))}
     model_args = dict(n_layer=1, n_head=1, n_embd=8, block_size=8, bias=False, vocab_size=65, dropout=0.0)
     (gpt2_data / "chars-out").mkdir()
     torch.save({"model": GPT(GPTConfig(**model_args)).state_dict(), "model_args": model_args, "tokenizer": meta},
                gpt2_data / "chars-out" / "ckpt.pt")
+    # and one with GPT-2's tokenizer but rotary embeddings, which GPT-2's format has no place for
+    rotary_args = dict(model_args, vocab_size=50304, rotary=True)
+    (gpt2_data / "rotary-out").mkdir()
+    torch.save({"model": GPT(GPTConfig(**rotary_args)).state_dict(), "model_args": rotary_args,
+                "tokenizer": prepare.GPT2_META}, gpt2_data / "rotary-out" / "ckpt.pt")
     prepare.prepare(str(gpt2_data / "text.txt"), str(gpt2_data / "data" / "chars"), "char", 0.1)
     return gpt2_data
 
@@ -257,6 +283,8 @@ def char_checkpoint(gpt2_data):
                                        "--tokenizer=gpt2"]),
     ("sample.py", ["--init_from=SMALL"], ["has 67 tokens, fewer than GPT-2's 50257"]),
     ("export.py", ["--out_dir=chars-out"], ["is a char-level model: only models that use GPT-2's BPE"]),
+    ("export.py", ["--out_dir=rotary-out"], ["cannot export to rotary-out/hf: GPT-2's format cannot hold this model: "
+                                             "it uses rotary"]),
 ])
 def test_bad_pretrained_settings_are_clean_errors(char_checkpoint, gpt2_folder, small_vocab_folder, script, args,
                                                   fragments):

@@ -165,3 +165,104 @@ def test_estimate_mfu():
     model = tiny()
     flops = model.flops_per_token() * 16 * 4  # 4 sequences of block_size tokens
     assert model.estimate_mfu(4, dt=1.0, peak_flops=flops * 2) == pytest.approx(0.5)
+
+
+# -----------------------------------------------------------------------------
+# the options beyond GPT-2, and Muon
+
+OPTIONS = dict(rotary=True, qk_norm=True, activation="gelu")
+
+
+def test_options_change_only_what_they_name():
+    # rotary embeddings replace the learned positions; QK-norm and the GELU have no weights
+    assert sorted(tiny(**OPTIONS).state_dict()) == [key for key in nanogpt_keys(2, bias=True)
+                                                    if key != "transformer.wpe.weight"]
+    assert tiny(rotary=True).get_num_params() == tiny(rotary=True).get_num_params(non_embedding=False)
+    x = torch.randn(3, 16)
+    assert torch.equal(tiny().transformer.h[0].mlp.activation(x), torch.nn.functional.gelu(x, approximate="tanh"))
+    assert torch.equal(tiny(activation="gelu").transformer.h[0].mlp.activation(x), torch.nn.functional.gelu(x))
+
+
+def test_rotary_attention_depends_on_relative_positions_only():
+    model = tiny(rotary=True)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)  # (B, T, heads, hs)
+    cos, sin = model.rotary_cos, model.rotary_sin
+    score = lambda i, j: (model_rotate(q, cos[i:i + 1], sin[i:i + 1]) * model_rotate(k, cos[j:j + 1], sin[j:j + 1])).sum()
+    assert torch.allclose(score(3, 1), score(10, 8), atol=1e-5)
+    assert not torch.allclose(score(3, 1), score(3, 2), atol=1e-3)
+    # and a rotation keeps lengths
+    assert torch.allclose(model_rotate(q, cos[5:6], sin[5:6]).norm(), q.norm())
+
+
+def model_rotate(x, cos, sin):
+    from model import rotate
+    return rotate(x, cos, sin)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 7])
+def test_kv_cache_greedy_equals_recomputing_with_every_option(prompt_len):
+    model = tiny(n_layer=3, **OPTIONS)
+    model.eval()
+    idx = torch.randint(50, (2, prompt_len))
+    assert torch.equal(model.generate(idx, 16 - prompt_len, top_k=1), recompute_greedy(model, idx, 16 - prompt_len))
+    # beyond block_size too, and after cropping the context
+    assert model.generate(idx, 30, top_k=1).shape == (2, prompt_len + 30)
+    model.crop_block_size(8)
+    assert model.rotary_cos.shape[0] == 8 and model.generate(idx[:, :1], 20, top_k=1).shape == (2, 21)
+
+
+def test_orthogonalize_sets_every_singular_value_near_one():
+    from model import orthogonalize
+    torch.manual_seed(0)
+    for shape in [(3, 32, 96), (3, 96, 32), (2, 48, 48)]:
+        # a badly conditioned gradient: singular values spread over two orders of magnitude
+        u, _, v = torch.linalg.svd(torch.randn(shape), full_matrices=False)
+        g = u @ torch.diag_embed(torch.logspace(0, -2, min(shape[1:])).expand(shape[0], -1)) @ v
+        out = orthogonalize(g)
+        assert out.shape == g.shape
+        # the same singular vectors, each singular value between 0.5 and 1.25
+        s = u.mT @ out @ v.mT
+        diagonal = torch.diagonal(s, dim1=1, dim2=2)
+        assert torch.allclose(s, torch.diag_embed(diagonal), atol=1e-4)
+        assert diagonal.min() > 0.5 and diagonal.max() < 1.25, (shape, diagonal.min(), diagonal.max())
+
+
+def test_muon_trains_the_blocks_matrices_and_adamw_the_rest():
+    from model import Muon
+    model = tiny(bias=False)
+    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", muon_learning_rate=0.05)
+    assert isinstance(optimizer, Muon)
+    names = {p: name for name, p in model.named_parameters()}
+    decay, no_decay, muon = optimizer.param_groups
+    assert all(names[p].startswith("transformer.h.") and p.dim() == 2 for p in muon["params"])
+    assert len(muon["params"]) == 2 * 4 and muon["lr"] == 0.05 and muon["lr_scale"] == pytest.approx(5)
+    assert [names[p] for p in decay["params"]] == ["transformer.wte.weight", "transformer.wpe.weight"]
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == model.get_num_params(False)
+    # a few steps on one batch: the loss falls, and every matrix in one shape group moved
+    idx = torch.randint(50, (4, 16))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    losses = []
+    for _ in range(10):
+        _, loss = model(idx, idx)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0
+    assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_muon_orthogonalizes_same_shaped_matrices_as_if_one_at_a_time():
+    from model import Muon, orthogonalize
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)]
+    grads = [torch.randn(8, 4) for _ in params]
+    start = [p.detach().clone() for p in params]
+    optimizer = Muon([{"params": params, "muon": True, "lr": 0.1, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95))
+    for p, g in zip(params, grads):
+        p.grad = g
+    optimizer.step()
+    for p, g, p0 in zip(params, grads, start):
+        # first step: momentum = 0.05 g, Nesterov update = g lerp (0.05 g) by 0.95; a tall 8 x 4 matrix steps sqrt(2) further
+        expected = p0 - 0.1 * 2 ** 0.5 * orthogonalize((0.0975 * g)[None])[0]
+        assert torch.allclose(p, expected, atol=1e-6)

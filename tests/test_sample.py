@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import RunsCode, TINY, assert_clean_error, run_script
+from conftest import RunsCode, TINY, assert_clean_error, run_ok, run_script
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,7 @@ def trained(tmp_path_factory):
 
 
 def sample(folder, *args):
-    result = run_script("sample.py", "--device=cpu", *args, cwd=folder)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return run_ok("sample.py", "--device=cpu", *args, cwd=folder)
 
 
 def test_samples_start_with_the_prompt_and_end_with_separators(trained):

@@ -48,6 +48,26 @@ def test_resume_continues_exactly(char_data):
     assert resumed_losses[1][30] == straight[1][30]
 
 
+def test_the_cpu_recipe_trains_and_resumes_exactly(char_data):
+    """config/shakespeare_char_cpu.py, shortened: Muon, rotary embeddings and QK-norm, saved and resumed exactly."""
+    args = [ROOT / "config" / "shakespeare_char_cpu.py", "--max_iters=20", "--lr_decay_iters=20", "--eval_interval=10",
+            "--log_interval=1", "--eval_iters=2", "--batch_size=4", "--block_size=32", "--warmup_iters=2"]
+    straight = run_script("train.py", *args, "--out_dir=straight", cwd=char_data)
+    assert straight.returncode == 0, straight.stderr
+    checkpoint = torch.load(char_data / "straight" / "ckpt.pt", weights_only=True)
+    assert checkpoint["model_args"]["rotary"] and checkpoint["model_args"]["qk_norm"]
+    assert "transformer.wpe.weight" not in checkpoint["model"]
+    assert len(checkpoint["optimizer"]["state"]["transformer.h.0.attn.c_attn.weight"]) == 1  # Muon's momentum only
+    straight = parse_losses(straight.stdout)
+    assert straight[1][20] < straight[1][0] - 1.0
+    halves = run_script("train.py", *args, "--out_dir=halves", "--max_iters=10", cwd=char_data)
+    assert halves.returncode == 0, halves.stderr
+    resumed = run_script("train.py", *args, "--out_dir=halves", "--init_from=resume", cwd=char_data)
+    assert resumed.returncode == 0, resumed.stderr
+    resumed = parse_losses(resumed.stdout)
+    assert all(resumed[0][i] == straight[0][i] for i in range(10, 20)) and resumed[1][20] == straight[1][20]
+
+
 def test_gradient_accumulation_matches_a_bigger_batch(char_data):
     """The global batch is drawn as one: 2 micro-batches of 8 are the same sequences as 1 of 16."""
     common = ["--max_iters=10", "--eval_interval=10", "--log_interval=1"]
@@ -96,6 +116,9 @@ def corrupt_checkpoint(folder):
     (["--dtype=fp8"], ["unknown dtype 'fp8'"]),
     (["--block_size=5000"], ["block_size=5000 is too long", "val.bin", "4000 tokens"]),
     (["--compile=maybe"], ["compile must be True or False"]),
+    (["--activation=swish"], ["unknown activation 'swish': use gelu_tanh, gelu"]),
+    (["--rotary=True", "--n_embd=30", "--n_head=2"], ["the head size n_embd // n_head (15) must be even"]),
+    (["--fsdp=True", "--muon_learning_rate=0.02"], ["fsdp=True cannot train with Muon"]),
 ])
 def test_bad_settings_are_clean_errors(char_data, args, fragments):
     result = run_script("train.py", *TINY, "--max_iters=2", *args, cwd=char_data)
@@ -113,10 +136,26 @@ def test_corrupted_checkpoint_is_a_clean_error_and_stays(char_data):
     assert (char_data / "out" / "ckpt.pt").read_bytes() == b"PK\x03\x04 truncated"
 
 
-def test_resuming_with_another_model_shape_is_refused(char_data):
+@pytest.mark.parametrize("change, fragment", [("--n_layer=3", "n_layer=2 (asked 3)"),
+                                              ("--activation=gelu_tanh", "activation='gelu' (asked 'gelu_tanh')"),
+                                              ("--rotary=True", "rotary=False (asked True)")])
+def test_resuming_with_another_model_is_refused(char_data, change, fragment):
     train(char_data, "--max_iters=2", "--eval_interval=2")
-    result = run_script("train.py", *TINY, "--n_layer=3", "--init_from=resume", cwd=char_data)
-    assert_clean_error(result, "model differs", "n_layer=2 (asked 3)")
+    result = run_script("train.py", *TINY, change, "--init_from=resume", cwd=char_data)
+    assert_clean_error(result, "model differs", fragment)
+
+
+def test_a_checkpoint_from_before_the_architecture_options_resumes_as_gpt2(char_data):
+    """Older checkpoints have no activation, rotary, ... in model_args: they were GPT-2's tanh GELU and nothing else."""
+    train(char_data, "--max_iters=2", "--eval_interval=2", "--activation=gelu_tanh")
+    checkpoint = torch.load(char_data / "out" / "ckpt.pt", weights_only=True)
+    for key in ("activation", "rotary", "qk_norm"):
+        del checkpoint["model_args"][key]
+    torch.save(checkpoint, char_data / "out" / "ckpt.pt")
+    assert_clean_error(run_script("train.py", *TINY, "--init_from=resume", cwd=char_data),
+                       "activation='gelu_tanh' (asked 'gelu')")
+    result = train(char_data, "--max_iters=4", "--eval_interval=2", "--init_from=resume", "--activation=gelu_tanh")
+    assert "resuming from out/ckpt.pt at iter 2" in result.stdout
 
 
 def test_resuming_from_a_foreign_checkpoint_is_refused(char_data):

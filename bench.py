@@ -1,0 +1,358 @@
+"""
+Measure this repository's speed on this machine, each figure beside a baseline measured in the same run, so
+that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
+
+    python prepare.py && python bench.py      # train, recipe, sample and prepare: about 10 minutes on 2 cores
+    python bench.py --part=train              # one part: train, recipe, sample, prepare, or ablation
+    python bench.py --part=recipe --recipe_repeats=3
+    python bench.py --part=train --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
+        --vocab_size=50304 --compile=True      # GPT-2 124M steps on a GPU
+
+- train: ms/iter, tokens/s and MFU of a training step (forward, backward, gradient clipping, optimizer step),
+  by default on nanoGPT's CPU model (4 layers x 128, block 64, batch 12, exact GELU, no biases), against the
+  same step with nanoGPT's optimizer (PyTorch's fused AdamW only on CUDA), and the step's matrix products
+  alone, which bound what the step can reach. MFU is against the device's peak: on a CPU, an fp32 matrix
+  product timed before every round of steps.
+- recipe: config/shakespeare_char_cpu.py against nanoGPT's CPU command, each run through train.py: wall
+  time of the whole process and final val loss.
+- sample: tokens/s of greedy generation without the KV cache (the whole context through the model for every
+  token, as nanoGPT does), with it, and with it and the weights laid out for sampling (as sample.py does on a
+  CPU), on a 6 x 6 x 384 model with GPT-2's vocabulary, 64 new tokens after a 256-token prompt; then 2,000
+  tokens with sample.py's settings from the recipe's checkpoint (the recipe part's, or out/ckpt.pt).
+- prepare: MB/s of prepare.py on 200 MB of text at character level and 50 MB with GPT-2's BPE (Tiny
+  Shakespeare repeated), against nanoGPT's way (the whole text in memory, a Python dict per character,
+  tiktoken's encode_ordinary on one core); both must write the same token ids.
+- ablation (not part of 'all'): the recipe with one of its parts taken out at a time.
+The data: data/shakespeare_char as `python prepare.py` makes it; GPT-2's BPE files for the prepare part.
+"""
+
+import copy
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from configurator import configure, fail, resolve_device, resolve_dtype
+from model import GPT, GPTConfig, load_checkpoint, peak_flops, sample_next
+
+# -----------------------------------------------------------------------------
+part = "all"  # 'all' (train, recipe, sample, prepare), one of those, or 'ablation'
+# the train part's model and batch: nanoGPT's CPU command
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 64
+batch_size = 12
+vocab_size = 65
+rounds = 9  # rounds of timed steps; each figure is the median over rounds
+recipe_repeats = 1  # runs of each command in the recipe part, alternating; the figures are medians
+char_megabytes = 200  # text sizes for the prepare part
+gpt2_megabytes = 50
+steps_per_round = 20
+device = "auto"
+dtype = "auto"
+compile = False
+seed = 1337
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+# -----------------------------------------------------------------------------
+
+if part not in ("all", "train", "sample", "prepare", "recipe", "ablation"):
+    fail(f"unknown part '{part}': use all, train, sample, prepare, recipe or ablation")
+device = resolve_device(device)
+device_type = device.split(":")[0]
+dtype = resolve_dtype(dtype, device_type)
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DATA_DIR = os.path.join("data", "shakespeare_char")
+RECIPE = os.path.join(ROOT, "config", "shakespeare_char_cpu.py")
+# nanoGPT's CPU command, from its README
+NANOGPT_CPU = [os.path.join(ROOT, "config", "shakespeare_char.py"), "--device=cpu", "--compile=False",
+               "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
+               "--n_head=4", "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
+
+
+def synchronize():
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median(values):
+    return float(np.median(values))
+
+
+def machine():
+    if device_type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    return f"{name}, {os.cpu_count()} cores"
+
+
+# -----------------------------------------------------------------------------
+# train: the step of train.py, timed in rounds against the device's peak
+
+def make_step(nanogpt_optimizer):
+    """A training step of a fresh model on fixed batches of Tiny Shakespeare; returns (step, FLOPs per step)."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                          vocab_size=vocab_size, bias=False, dropout=0.0, activation="gelu")).to(device)
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device_type)
+    if nanogpt_optimizer:  # the same groups, fused only on CUDA (elsewhere a loop over the tensors)
+        groups = [{"params": group["params"], "weight_decay": group["weight_decay"]} for group in optimizer.param_groups]
+        optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), fused=device_type == "cuda")
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    forward = torch.compile(model) if compile else model
+    data = np.memmap(os.path.join(DATA_DIR, "train.bin"), dtype=np.uint16, mode="r")
+    starts = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)
+    windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)) % vocab_size
+    x, y = windows[:, :-1].contiguous().to(device), windows[:, 1:].contiguous().to(device)
+
+    def step():
+        with autocast:
+            _, loss = forward(x, y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, model.flops_per_token() * block_size * batch_size
+
+
+def make_matmuls():
+    """
+    The step's matrix products alone, back to back (each Linear's forward product and its two backward ones),
+    credited with the whole step's FLOPs: the MFU the step would reach if nothing else took any time.
+    """
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size,
+                          bias=False))
+    tokens = batch_size * block_size
+    operands = [(torch.randn(tokens, w.size(1), device=device), w.detach().to(device), torch.randn(tokens, w.size(0), device=device))
+                for w in (m.weight for m in model.modules() if isinstance(m, torch.nn.Linear))]
+
+    def step():
+        with autocast:
+            for x, w, g in operands:
+                x @ w.t(), g @ w, g.t() @ x  # forward, input gradient, weight gradient
+
+    return step, model.flops_per_token() * block_size * batch_size
+
+
+def bench_train():
+    print(f"\n## train: {n_layer} layers x {n_embd}, {n_head} heads, block {block_size}, batch {batch_size}, "
+          f"vocab {vocab_size}, {dtype}, {'compiled' if compile else 'eager'}")
+    if not os.path.exists(os.path.join(DATA_DIR, "train.bin")):
+        fail(f"{DATA_DIR}/train.bin is missing: run python prepare.py first")
+    steps = {"this repository": make_step(False), "nanoGPT's optimizer": make_step(True),
+             "matrix products alone": make_matmuls()}
+    for step, _ in steps.values():
+        for _ in range(25 if compile else 5):  # warm up (and compile)
+            step()
+    timings = {name: [] for name in steps}
+    for r in range(rounds):
+        peak = peak_flops(device, dtype)
+        names = list(steps)[r % len(steps):] + list(steps)[:r % len(steps)]  # each goes first in turn
+        for name in names:
+            step, flops = steps[name]
+            synchronize()
+            t0 = time.perf_counter()
+            for _ in range(steps_per_round):
+                step()
+            synchronize()
+            dt = (time.perf_counter() - t0) / steps_per_round
+            timings[name].append((dt, flops / dt / peak, peak))
+    for name, rows in timings.items():
+        dt, mfu, peak = (median(column) for column in zip(*rows))
+        print(f"{name:22s} {dt * 1000:7.2f} ms/iter  {batch_size * block_size / dt:9,.0f} tokens/s  MFU {mfu * 100:5.1f}%"
+              f"  (peak {peak / 1e9:,.0f} GFLOP/s, median of {rounds} rounds of {steps_per_round} steps)")
+    ours, theirs = (median([row[0] for row in timings[name]]) for name in ("this repository", "nanoGPT's optimizer"))
+    print(f"speedup over nanoGPT's step: {theirs / ours:.2f}x")
+
+
+# -----------------------------------------------------------------------------
+# sample: with the KV cache, and recomputing the context as nanoGPT does
+
+@torch.no_grad()
+def generate_without_cache(model, idx, max_new_tokens, temperature=1.0, top_k=None):
+    """nanoGPT's generate: the last block_size tokens through the whole model for every new token."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k)), dim=1)
+    return idx
+
+
+def timed(fn):
+    synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize()
+    return out, time.perf_counter() - t0
+
+
+def compare_generation(model, prompt, n_new, repeats, **sampling):
+    """
+    Tokens/s of nanoGPT's generation, of the KV cache, and of the KV cache with the weights laid out for
+    sampling as sample.py does on a CPU (median of repeats, each from the same seed); whether all agree.
+    """
+    laid_out = copy.deepcopy(model)
+    laid_out.lay_out_for_sampling()
+    runs = {"recomputing (nanoGPT)": lambda: generate_without_cache(model, prompt, n_new, **sampling),
+            "KV cache": lambda: model.generate(prompt, n_new, **sampling),
+            "KV cache, sampling layout": lambda: laid_out.generate(prompt, n_new, **sampling)}
+    times, outputs = {name: [] for name in runs}, {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            torch.manual_seed(seed)
+            outputs[name], dt = timed(run)
+            times[name].append(dt)
+    baseline = median(times["recomputing (nanoGPT)"])
+    for name in runs:
+        print(f"{name:26s} {n_new / median(times[name]):9,.1f} tokens/s  speedup {baseline / median(times[name]):5.1f}x")
+    if prompt.size(1) + n_new <= model.config.block_size:  # beyond, nanoGPT's context differs by design
+        tokens = list(outputs.values())
+        print(f"the same tokens from all three: {'yes' if all(torch.equal(tokens[0], t) for t in tokens) else 'NO'}")
+
+
+def bench_sample(out_dir):
+    print("\n## sample: 6 layers x 384, 6 heads, GPT-2's vocabulary (50304), 64 new tokens after 256, greedy")
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024, vocab_size=50304, bias=False,
+                          activation="gelu")).to(device).eval()
+    with autocast:
+        compare_generation(model, torch.randint(50304, (1, 256), device=device), 64, repeats=3, top_k=1)
+
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(ckpt_path):
+        print(f"\n(no {ckpt_path} for the 2,000-token measurement: run python train.py config/shakespeare_char_cpu.py)")
+        return
+    model, _ = load_checkpoint(ckpt_path)
+    model.to(device).eval()
+    print(f"\n## sample: 2,000 tokens from {ckpt_path} (block {model.config.block_size}), temperature 0.8, top_k 200")
+    with autocast:
+        compare_generation(model, torch.zeros((1, 1), dtype=torch.long, device=device), 2000, repeats=3,
+                           temperature=0.8, top_k=200)
+
+
+# -----------------------------------------------------------------------------
+# prepare: prepare.py against nanoGPT's data/shakespeare_char/prepare.py and data/shakespeare/prepare.py
+
+def nanogpt_prepare(path, out_dir, tokenizer):
+    """nanoGPT's way: read the whole text, split it 90/10, encode each split in one call, write uint16 ids."""
+    with open(path, encoding="utf-8") as f:
+        data = f.read()
+    n = len(data)
+    train_data, val_data = data[:int(n * 0.9)], data[int(n * 0.9):]
+    if tokenizer == "char":
+        stoi = {ch: i for i, ch in enumerate(sorted(set(data)))}
+        encode = lambda s: [stoi[c] for c in s]
+    else:
+        import tiktoken
+        encode = tiktoken.get_encoding("gpt2").encode_ordinary
+    os.makedirs(out_dir, exist_ok=True)
+    np.array(encode(train_data), dtype=np.uint16).tofile(os.path.join(out_dir, "train.bin"))
+    np.array(encode(val_data), dtype=np.uint16).tofile(os.path.join(out_dir, "val.bin"))
+
+
+def run(args, cwd):
+    """Run a command; return (stdout, wall seconds), or fail with its error."""
+    t0 = time.perf_counter()
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(f"{' '.join(map(str, args))} failed: {result.stderr.strip().splitlines()[-1:]}")
+    return result.stdout, time.perf_counter() - t0
+
+
+def bench_prepare():
+    source = os.path.join(DATA_DIR, "input.txt")
+    if not os.path.exists(source):
+        fail(f"{source} is missing: run python prepare.py first")
+    with open(source, encoding="utf-8") as f:
+        text = f.read()
+    print("\n## prepare: Tiny Shakespeare repeated; prepare.py's whole process against nanoGPT's way in this process,"
+          " median of 3 runs each")
+    with tempfile.TemporaryDirectory() as tmp:
+        for tokenizer, megabytes in (("char", char_megabytes), ("gpt2", gpt2_megabytes)):
+            path = os.path.join(tmp, f"text_{megabytes}mb.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text * -(-megabytes * 10**6 // len(text)))  # at least that many megabytes
+            ours, theirs = [], []
+            theirs_dir = os.path.join(tmp, "data", f"nanogpt_{tokenizer}")
+            for _ in range(3):
+                ours.append(run([sys.executable, os.path.join(ROOT, "prepare.py"), f"--input={path}",
+                                 f"--tokenizer={tokenizer}", f"--dataset=ours_{tokenizer}"], cwd=tmp)[1])
+                theirs.append(timed(lambda: nanogpt_prepare(path, theirs_dir, tokenizer))[1])
+            same = all(filecmp(os.path.join(tmp, "data", f"ours_{tokenizer}", name), os.path.join(theirs_dir, name))
+                       for name in ("train.bin", "val.bin"))
+            size, ours, theirs = os.path.getsize(path) / 1e6, median(ours), median(theirs)
+            print(f"{tokenizer:4s} {size:5.0f} MB: prepare.py {size / ours:6.1f} MB/s ({ours:5.1f}s), nanoGPT's way "
+                  f"{size / theirs:6.1f} MB/s ({theirs:5.1f}s), speedup {theirs / ours:.2f}x, "
+                  f"same token ids: {'yes' if same else 'NO'}")
+
+
+def filecmp(a, b):
+    return os.path.getsize(a) == os.path.getsize(b) and np.array_equal(np.fromfile(a, np.uint16), np.fromfile(b, np.uint16))
+
+
+# -----------------------------------------------------------------------------
+# recipe: config/shakespeare_char_cpu.py against nanoGPT's CPU command, through train.py
+
+def final_val_loss(stdout):
+    return float([line for line in stdout.splitlines() if line.startswith("step ")][-1].split("val loss ")[1])
+
+
+def train_runs(runs, out_dir):
+    """Run train.py for each (name, args), recipe_repeats times in turn; print the median wall time and val loss."""
+    results = {name: [] for name, _ in runs}
+    for _ in range(recipe_repeats):
+        for name, args in runs:
+            stdout, wall = run([sys.executable, os.path.join(ROOT, "train.py"), *args, f"--out_dir={out_dir}"], cwd=".")
+            results[name].append((wall, final_val_loss(stdout)))
+    for name, rows in results.items():
+        wall, loss = (median(column) for column in zip(*rows))
+        print(f"{name:38s} {wall:6.1f}s  final val loss {loss:.4f}" + (f"  (median of {len(rows)})" if len(rows) > 1 else ""))
+
+
+def bench_recipe(out_dir):
+    print("\n## recipe: the whole train.py process, on data/shakespeare_char")
+    if not os.path.exists(os.path.join(DATA_DIR, "val.bin")):
+        fail(f"{DATA_DIR} is not prepared: run python prepare.py first")
+    train_runs([("nanoGPT's CPU command", NANOGPT_CPU), ("config/shakespeare_char_cpu.py", [RECIPE])], out_dir)
+
+
+def bench_ablation(out_dir):
+    print("\n## ablation: config/shakespeare_char_cpu.py with one change at a time, the same number of steps")
+    if not os.path.exists(os.path.join(DATA_DIR, "val.bin")):
+        fail(f"{DATA_DIR} is not prepared: run python prepare.py first")
+    train_runs([("the recipe", [RECIPE]),
+                ("AdamW instead of Muon", [RECIPE, "--muon_learning_rate=0.0"]),
+                ("learned positions instead of rotary", [RECIPE, "--rotary=False"]),
+                ("no QK-norm", [RECIPE, "--qk_norm=False"])], out_dir)
+
+
+# -----------------------------------------------------------------------------
+
+print(f"# bench.py on {machine()}; torch {torch.__version__}, device {device}, dtype {dtype}")
+with tempfile.TemporaryDirectory() as recipe_dir:
+    if part in ("all", "train"):
+        bench_train()
+    if part in ("all", "recipe"):
+        bench_recipe(recipe_dir)
+    if part in ("all", "sample"):
+        bench_sample(recipe_dir if part == "all" else "out")
+    if part in ("all", "prepare"):
+        bench_prepare()
+    if part == "ablation":
+        bench_ablation(recipe_dir)

@@ -1,0 +1,37 @@
+"""bench.py runs its parts and prints their figures (the figures themselves are for people, not for asserts)."""
+
+import shutil
+
+from conftest import assert_clean_error, needs_gpt2_bpe, run_ok, run_script
+
+
+def bench(cwd, *args):
+    return run_ok("bench.py", "--device=cpu", *args, cwd=cwd)
+
+
+def test_train_part_compares_the_step_with_nanogpts_and_the_matrix_products(char_data):
+    out = bench(char_data, "--part=train", "--rounds=2", "--steps_per_round=2")
+    for name in ("this repository", "nanoGPT's optimizer", "matrix products alone"):
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert "ms/iter" in line and "tokens/s" in line and "MFU" in line and "GFLOP/s" in line
+    assert "speedup over nanoGPT's step:" in out
+
+
+@needs_gpt2_bpe
+def test_prepare_part_writes_the_same_ids_as_nanogpts_way(char_data):
+    shutil.copy(char_data / "text.txt", char_data / "data" / "shakespeare_char" / "input.txt")
+    out = bench(char_data, "--part=prepare", "--char_megabytes=1", "--gpt2_megabytes=1")
+    lines = [line for line in out.splitlines() if "MB/s" in line]
+    assert [line.split()[0] for line in lines] == ["char", "gpt2"]
+    assert all("same token ids: yes" in line for line in lines)
+
+
+def test_sample_part_gets_the_same_tokens_with_and_without_the_cache(char_data):
+    out = bench(char_data, "--part=sample")
+    assert "recomputing (nanoGPT)" in out and "KV cache, sampling layout" in out
+    assert "the same tokens from all three: yes" in out
+    assert "no out/ckpt.pt for the 2,000-token measurement" in out
+
+
+def test_an_unknown_part_is_a_clean_error(tmp_path):
+    assert_clean_error(run_script("bench.py", "--part=everything", cwd=tmp_path), "unknown part 'everything'")
