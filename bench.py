@@ -294,7 +294,7 @@ def bench_prepare():
                 ours.append(run([sys.executable, os.path.join(ROOT, "prepare.py"), f"--input={path}",
                                  f"--tokenizer={tokenizer}", f"--dataset=ours_{tokenizer}"], cwd=tmp)[1])
                 theirs.append(timed(lambda: nanogpt_prepare(path, theirs_dir, tokenizer))[1])
-            same = all(filecmp(os.path.join(tmp, "data", f"ours_{tokenizer}", name), os.path.join(theirs_dir, name))
+            same = all(same_token_ids(os.path.join(tmp, "data", f"ours_{tokenizer}", name), os.path.join(theirs_dir, name))
                        for name in ("train.bin", "val.bin"))
             size, ours, theirs = os.path.getsize(path) / 1e6, median(ours), median(theirs)
             print(f"{tokenizer:4s} {size:5.0f} MB: prepare.py {size / ours:6.1f} MB/s ({ours:5.1f}s), nanoGPT's way "
@@ -302,7 +302,7 @@ def bench_prepare():
                   f"same token ids: {'yes' if same else 'NO'}")
 
 
-def filecmp(a, b):
+def same_token_ids(a, b):
     return os.path.getsize(a) == os.path.getsize(b) and np.array_equal(np.fromfile(a, np.uint16), np.fromfile(b, np.uint16))
 
 

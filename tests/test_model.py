@@ -266,3 +266,27 @@ def test_muon_orthogonalizes_same_shaped_matrices_as_if_one_at_a_time():
         # first step: momentum = 0.05 g, Nesterov update = g lerp (0.05 g) by 0.95; a tall 8 x 4 matrix steps sqrt(2) further
         expected = p0 - 0.1 * 2 ** 0.5 * orthogonalize((0.0975 * g)[None])[0]
         assert torch.allclose(p, expected, atol=1e-6)
+
+
+def test_sampling_layout_keeps_every_weight_and_the_sampled_tokens():
+    model = tiny(vocab_size=60).eval()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    idx = torch.randint(60, (2, 5))
+    torch.manual_seed(3)
+    expected = model.generate(idx, 10, temperature=0.8)
+    model.lay_out_for_sampling()
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+    c_fc = model.transformer.h[0].mlp.c_fc.weight
+    assert c_fc.stride() == (1, c_fc.size(0))  # stored (in, out): each output's weights strided in memory
+    torch.manual_seed(3)
+    assert torch.equal(model.generate(idx, 10, temperature=0.8), expected)
+
+
+def test_streamed_tokens_are_ordinary_tensors():
+    """Steps run in inference mode; what the caller gets must still work with autograd-recording code."""
+    model = tiny().eval()
+    tokens = list(model.generate_stream(torch.zeros((1, 1), dtype=torch.long), 3, top_k=1))
+    assert len(tokens) == 3 and not any(t.is_inference() for t in tokens)
+    assert torch.cat(tokens, dim=1).shape == (1, 3)
