@@ -16,9 +16,10 @@ that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
 - recipe: config/shakespeare_char_cpu.py against nanoGPT's CPU command, each run through train.py: wall
   time of the whole process and final val loss.
 - sample: tokens/s of greedy generation without the KV cache (the whole context through the model for every
-  token, as nanoGPT does), with it, and with it and the weights laid out for sampling (as sample.py does on a
-  CPU), on a 6 x 6 x 384 model with GPT-2's vocabulary, 64 new tokens after a 256-token prompt; then 2,000
-  tokens with sample.py's settings from the recipe's checkpoint (the recipe part's, or out/ckpt.pt).
+  token, as nanoGPT does), with it, and with it as sample.py runs on a CPU (the weights laid out for sampling,
+  ATen's GELU in place of oneDNN's), on a 6 x 6 x 384 model with GPT-2's vocabulary, 64 new tokens after a
+  256-token prompt; then 2,000 tokens with sample.py's settings from the recipe's checkpoint (the recipe
+  part's, or out/ckpt.pt).
 - prepare: MB/s of prepare.py on 200 MB of text at character level and 50 MB with GPT-2's BPE (Tiny
   Shakespeare repeated), against nanoGPT's way (the whole text in memory, a Python dict per character,
   tiktoken's encode_ordinary on one core); both must write the same token ids.
@@ -202,16 +203,25 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def without_onednn(fn):
+    """fn() with ATen's own kernels in place of oneDNN's, as sample.py runs in float32 on a CPU."""
+    torch.backends.mkldnn.enabled = False
+    try:
+        return fn()
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
 def compare_generation(model, prompt, n_new, repeats, **sampling):
     """
-    Tokens/s of nanoGPT's generation, of the KV cache, and of the KV cache with the weights laid out for
-    sampling as sample.py does on a CPU (median of repeats, each from the same seed); whether all agree.
+    Tokens/s of nanoGPT's generation, of the KV cache, and of the KV cache as sample.py runs it on a CPU
+    (median of repeats, each from the same seed); whether all agree.
     """
     laid_out = copy.deepcopy(model)
     laid_out.lay_out_for_sampling()
     runs = {"recomputing (nanoGPT)": lambda: generate_without_cache(model, prompt, n_new, **sampling),
             "KV cache": lambda: model.generate(prompt, n_new, **sampling),
-            "KV cache, sampling layout": lambda: laid_out.generate(prompt, n_new, **sampling)}
+            "KV cache, as sample.py on CPU": lambda: without_onednn(lambda: laid_out.generate(prompt, n_new, **sampling))}
     times, outputs = {name: [] for name in runs}, {}
     for _ in range(repeats):
         for name, run in runs.items():
@@ -220,7 +230,7 @@ def compare_generation(model, prompt, n_new, repeats, **sampling):
             times[name].append(dt)
     baseline = median(times["recomputing (nanoGPT)"])
     for name in runs:
-        print(f"{name:26s} {n_new / median(times[name]):9,.1f} tokens/s  speedup {baseline / median(times[name]):5.1f}x")
+        print(f"{name:30s} {n_new / median(times[name]):9,.1f} tokens/s  speedup {baseline / median(times[name]):5.1f}x")
     if prompt.size(1) + n_new <= model.config.block_size:  # beyond, nanoGPT's context differs by design
         tokens = list(outputs.values())
         print(f"the same tokens from all three: {'yes' if all(torch.equal(tokens[0], t) for t in tokens) else 'NO'}")

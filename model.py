@@ -85,18 +85,19 @@ class KVCache:
         self.n_layer = n_layer
         self.max_length = max_length
         self.length = 0  # tokens cached so far
-        self.k = self.v = None  # (n_layer, B, n_head, max_length, head_size), made on first use
+        self.k = self.v = None  # for each layer (B, n_head, max_length, head_size), made on first use
 
     def update(self, layer, k, v):
         """Append this layer's new keys and values (B, nh, T, hs); return all of them so far."""
         if self.k is None:
             B, nh, _, hs = k.shape
-            self.k = k.new_empty(self.n_layer, B, nh, self.max_length, hs)
-            self.v = torch.empty_like(self.k)
+            self.k = [k.new_empty(B, nh, self.max_length, hs) for _ in range(self.n_layer)]
+            self.v = [torch.empty_like(t) for t in self.k]
+        # narrow is one op where indexing is several, and this runs for every layer and every sampled token
+        self.k[layer].narrow(2, self.length, k.size(2)).copy_(k)
+        self.v[layer].narrow(2, self.length, v.size(2)).copy_(v)
         end = self.length + k.size(2)
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
 
 class CausalSelfAttention(nn.Module):
@@ -131,14 +132,19 @@ class CausalSelfAttention(nn.Module):
         # a single new token may look at everything before it, so it needs no mask.
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=T > 1)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
+        y = self.c_proj(y)
+        # dropout only acts in training: not calling it otherwise saves sampling a call per layer
+        return self.resid_dropout(y) if self.training else y
 
 
 def rotate(x, cos, sin):
-    """Rotary position embedding: turn each channel pair (i, i + hs/2) of x (B, T, heads, hs) by its position's angle."""
-    x1, x2 = x.chunk(2, dim=-1)  # (B, T, heads, hs/2) each; cos and sin are (T, 1, hs/2)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    """
+    Rotary position embedding: turn each channel pair (i, i + hs/2) of x (B, T, heads, hs) by its position's angle.
+    cos and sin (T, 1, hs) hold each pair's cosine twice and its sine as (-sin, sin), so that the turned pair
+    (x1 cos - x2 sin, x2 cos + x1 sin) is x cos + (x2, x1) sin, in three ops instead of eight.
+    """
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 class MLP(nn.Module):
@@ -151,7 +157,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
+        x = self.c_proj(self.activation(self.c_fc(x)))
+        return self.dropout(x) if self.training else x
 
 
 class Block(nn.Module):
@@ -189,8 +196,9 @@ class GPT(nn.Module):
             # not saved with the weights: they follow from the config
             hs = config.n_embd // config.n_head
             angles = torch.outer(torch.arange(config.block_size), 10000.0 ** (-torch.arange(0, hs, 2) / hs))
-            self.register_buffer("rotary_cos", angles.cos()[:, None, :], persistent=False)  # (block_size, 1, hs/2)
-            self.register_buffer("rotary_sin", angles.sin()[:, None, :], persistent=False)
+            cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]  # (block_size, 1, hs/2) each
+            self.register_buffer("rotary_cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (block_size, 1, hs)
+            self.register_buffer("rotary_sin", torch.cat((-sin, sin), dim=-1), persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the head that reads out tokens is the embedding that reads them in.
         # https://paperswithcode.com/method/weight-tying
@@ -235,11 +243,12 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         rotation = None
         if self.config.rotary:
-            rotation = self.rotary_cos[start:start + T], self.rotary_sin[start:start + T]  # (T, 1, hs/2) each
+            rotation = self.rotary_cos[start:start + T], self.rotary_sin[start:start + T]  # (T, 1, hs) each
         else:
             pos = torch.arange(start, start + T, dtype=torch.long, device=device)  # (T,)
             x = x + self.transformer.wpe(pos)  # (T, C) position embeddings, broadcast over the batch
-        x = self.transformer.drop(x)
+        if self.training:
+            x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rotation, cache)
         x = self.transformer.ln_f(x)
@@ -249,7 +258,7 @@ class GPT(nn.Module):
             logits = self.lm_head(x)  # (B, T, vocab_size)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         else:
-            logits = self.lm_head(x[:, [-1], :])  # (B, 1, vocab_size): a list index keeps the time dim
+            logits = self.lm_head(x[:, -1:, :])  # (B, 1, vocab_size)
             loss = None
         return logits, loss
 
@@ -504,17 +513,21 @@ def orthogonalize(G, steps=5):
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     """Draw one token per row from logits (B, vocab_size): temperature, then top-k, then top-p (nucleus)."""
     logits = logits / temperature
+    candidates = None  # the token id of each column of logits, once top-k or top-p has sorted them
     if top_k is not None and top_k < logits.size(-1):
-        v, _ = torch.topk(logits, top_k)
-        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+        logits, candidates = torch.topk(logits, top_k)  # (B, top_k) each, the most likely first
     if top_p is not None and top_p < 1.0:
+        if candidates is None:
+            logits, candidates = torch.sort(logits, dim=-1, descending=True)
         # keep the most likely tokens until their probabilities add up to top_p
-        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = F.softmax(sorted_logits, dim=-1)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # the most likely always stays
-        logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(outside, float("-inf")))
+        probs = F.softmax(logits, dim=-1)
+        outside = probs.cumsum(dim=-1) - probs > top_p  # the most likely always stays
+        logits = logits.masked_fill(outside, float("-inf"))
     probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1)
+    # The column whose probability over an exponential random number is largest is a draw from probs (the
+    # exponential race, which torch.multinomial uses inside too, without its checks that cost more than the draw)
+    column = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1, keepdim=True)  # (B, 1)
+    return column if candidates is None else candidates.gather(-1, column)
 
 
 # -----------------------------------------------------------------------------

@@ -85,6 +85,10 @@ model.eval()
 model.to(device)
 if device_type == "cpu":
     model.lay_out_for_sampling()
+    if dtype == "float32":
+        # ATen's own GELU rather than oneDNN's: on one token's activations oneDNN's fixed cost per call is
+        # several times the whole of ATen's (bench.py --part=sample); bfloat16 needs oneDNN for its products
+        torch.backends.mkldnn.enabled = False
 if compile:
     model = torch.compile(model)
 

@@ -28,7 +28,7 @@ def test_prepare_part_writes_the_same_ids_as_nanogpts_way(char_data):
 
 def test_sample_part_gets_the_same_tokens_with_and_without_the_cache(char_data):
     out = bench(char_data, "--part=sample")
-    assert "recomputing (nanoGPT)" in out and "KV cache, sampling layout" in out
+    assert "recomputing (nanoGPT)" in out and "KV cache, as sample.py on CPU" in out
     assert "the same tokens from all three: yes" in out
     assert "no out/ckpt.pt for the 2,000-token measurement" in out
 

@@ -79,6 +79,11 @@ def test_dropout_acts_only_in_training():
     assert torch.equal(model(idx, idx)[1], model(idx, idx)[1])
     model.train()
     assert not torch.equal(model(idx, idx)[1], model(idx, idx)[1])
+    # each site, not only attention's: the embeddings', and the MLP's output
+    x = torch.randn(2, 16, 16)
+    mlp = model.transformer.h[0].mlp
+    assert not torch.equal(mlp(x), mlp(x))
+    assert (model.transformer.drop(x) == 0).any()
 
 
 def test_causal_attention_ignores_the_future():
@@ -142,6 +147,20 @@ def test_sampling_with_temperature_top_k_and_top_p():
     assert batch.shape == (5, 1)
 
 
+def test_sampled_tokens_follow_the_probabilities():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(20000, 4)
+    torch.manual_seed(0)
+    frequencies = lambda **kw: torch.bincount(sample_next(logits, **kw)[:, 0], minlength=4) / 20000
+    assert torch.allclose(frequencies(), probs, atol=0.015)
+    # top-k and top-p renormalize what they keep; the token ids stay those of the full vocabulary
+    assert torch.allclose(frequencies(top_k=2), torch.tensor([0.625, 0.375, 0, 0]), atol=0.015)
+    assert torch.allclose(frequencies(top_p=0.9), torch.tensor([0.5, 0.3, 0.15, 0]) / 0.95, atol=0.015)
+    shuffled = torch.tensor([0.15, 0.05, 0.5, 0.3]).log().expand(20000, 4)
+    assert torch.allclose(torch.bincount(sample_next(shuffled, top_k=2)[:, 0], minlength=4) / 20000,
+                          torch.tensor([0, 0, 0.625, 0.375]), atol=0.015)
+
+
 def test_crop_block_size():
     model = tiny()
     model.crop_block_size(8)
@@ -192,6 +211,11 @@ def test_rotary_attention_depends_on_relative_positions_only():
     assert not torch.allclose(score(3, 1), score(3, 2), atol=1e-3)
     # and a rotation keeps lengths
     assert torch.allclose(model_rotate(q, cos[5:6], sin[5:6]).norm(), q.norm())
+    # channels i and i + hs/2 turn together by position / 10000^(2i / hs)
+    angle = 5 * 10000.0 ** (-torch.arange(0, 8, 2) / 8)
+    q1, q2 = q.chunk(2, dim=-1)
+    turned = torch.cat((q1 * angle.cos() - q2 * angle.sin(), q2 * angle.cos() + q1 * angle.sin()), dim=-1)
+    assert torch.allclose(model_rotate(q, cos[5:6], sin[5:6]), turned, atol=1e-6)
 
 
 def model_rotate(x, cos, sin):
