@@ -52,7 +52,7 @@ block_size = 64
 batch_size = 12
 vocab_size = 65
 rounds = 9  # rounds of timed steps; each figure is the median over rounds
-recipe_repeats = 1  # runs of each command in the recipe part, alternating; the figures are medians
+recipe_repeats = 1  # runs of each command in the recipe part, alternating, with seeds seed, seed + 1, ...; the figures are medians
 char_megabytes = 200  # text sizes for the prepare part
 gpt2_megabytes = 50
 steps_per_round = 20
@@ -324,15 +324,20 @@ def final_val_loss(stdout):
 
 
 def train_runs(runs, out_dir):
-    """Run train.py for each (name, args), recipe_repeats times in turn; print the median wall time and val loss."""
+    """
+    Run train.py for each (name, args), recipe_repeats times in turn, each time with the next seed (a repeated
+    seed would repeat the loss); print the median wall time and val loss.
+    """
     results = {name: [] for name, _ in runs}
-    for _ in range(recipe_repeats):
+    for repeat in range(recipe_repeats):
         for name, args in runs:
-            stdout, wall = run([sys.executable, os.path.join(ROOT, "train.py"), *args, f"--out_dir={out_dir}"], cwd=".")
+            stdout, wall = run([sys.executable, os.path.join(ROOT, "train.py"), *args, f"--seed={seed + repeat}",
+                                f"--out_dir={out_dir}"], cwd=".")
             results[name].append((wall, final_val_loss(stdout)))
     for name, rows in results.items():
-        wall, loss = (median(column) for column in zip(*rows))
-        print(f"{name:38s} {wall:6.1f}s  final val loss {loss:.4f}" + (f"  (median of {len(rows)})" if len(rows) > 1 else ""))
+        walls, losses = zip(*rows)
+        each = f"  (median of {len(rows)} seeds: {', '.join(f'{loss:.4f}' for loss in losses)})" if len(rows) > 1 else ""
+        print(f"{name:38s} {median(walls):6.1f}s  final val loss {median(losses):.4f}{each}")
 
 
 def bench_recipe(out_dir):
