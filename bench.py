@@ -52,7 +52,7 @@ block_size = 64
 batch_size = 12
 vocab_size = 65
 rounds = 9  # rounds of timed steps; each figure is the median over rounds
-recipe_repeats = 1  # runs of each command in the recipe part, alternating, with seeds seed, seed + 1, ...; the figures are medians
+recipe_repeats = 1  # runs of each command in the recipe part, in turn, at seeds seed, seed + 1, ...; figures are medians
 char_megabytes = 200  # text sizes for the prepare part
 gpt2_megabytes = 50
 steps_per_round = 20
@@ -205,11 +205,11 @@ def timed(fn):
 
 def without_onednn(fn):
     """fn() with ATen's own kernels in place of oneDNN's, as sample.py runs in float32 on a CPU."""
-    torch.backends.mkldnn.enabled = False
+    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
     try:
         return fn()
     finally:
-        torch.backends.mkldnn.enabled = True
+        torch.backends.mkldnn.enabled = enabled
 
 
 def compare_generation(model, prompt, n_new, repeats, **sampling):
