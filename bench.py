@@ -34,12 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from configurator import configure, fail, resolve_device, resolve_dtype
+from configurator import configure, fail, mixed_precision, resolve_device, resolve_dtype
 from model import GPT, GPTConfig, load_checkpoint, peak_flops, sample_next
 
 # -----------------------------------------------------------------------------
@@ -70,8 +69,7 @@ if part not in ("all", "train", "sample", "prepare", "recipe", "ablation"):
 device = resolve_device(device)
 device_type = device.split(":")[0]
 dtype = resolve_dtype(dtype, device_type)
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+autocast = mixed_precision(device_type, dtype)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join("data", "shakespeare_char")
 RECIPE = os.path.join(ROOT, "config", "shakespeare_char_cpu.py")

@@ -16,13 +16,15 @@ a key whose default is None takes any value).
 
 Mistakes end the program with one line on stderr that says what to fix, never
 with a traceback: see `fail`. `resolve_device` and `resolve_dtype` turn the
-'auto' settings of train.py and sample.py into the device and dtype to use.
+'auto' settings of train.py and sample.py into the device and dtype to use, and
+`mixed_precision` gives the autocast context for that dtype.
 """
 
 import ast
 import difflib
 import os
 import sys
+from contextlib import nullcontext
 
 
 def fail(message):
@@ -133,3 +135,9 @@ def resolve_dtype(dtype, device_type):
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         fail("this GPU does not support bfloat16: use --dtype=float16")
     return dtype
+
+
+def mixed_precision(device_type, dtype):
+    """The context to run a model in at dtype (a name that resolve_dtype returned): mixed precision below float32."""
+    import torch
+    return nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=getattr(torch, dtype))

@@ -345,9 +345,8 @@ class GPT(nn.Module):
         group's lr_scale is its ratio to learning_rate, for train.py's schedule), the rest by AdamW.
         """
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        hidden = {name for name, p in params.items() if name.startswith("transformer.h.") and p.dim() == 2}
-        if not muon_learning_rate:
-            hidden = set()
+        hidden = {name for name, p in params.items()
+                  if muon_learning_rate and name.startswith("transformer.h.") and p.dim() == 2}
         decay_params = [p for name, p in params.items() if p.dim() >= 2 and name not in hidden]
         nodecay_params = [p for p in params.values() if p.dim() < 2]
         optim_groups = [
@@ -427,8 +426,7 @@ def peak_flops(device, dtype):
         return peak if dtype != "float32" else peak / 2  # TF32 runs at half the 16-bit rate
     if device_type == "mps":
         return 10e12  # roughly an M-series GPU's fp32 peak
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    a = torch.full((1024, 1024), 0.5, dtype=ptdtype)  # not random: the RNG state belongs to training
+    a = torch.full((1024, 1024), 0.5, dtype=getattr(torch, dtype))  # not random: the RNG state belongs to training
     best = 0.0
     for _ in range(8):  # the first products run slow while the cores wake up
         t = time.perf_counter()

@@ -15,11 +15,10 @@ it is generated. The same seed gives the same text on the same machine.
 
 import os
 import sys
-from contextlib import nullcontext
 
 import torch
 
-from configurator import configure, fail, resolve_device, resolve_dtype
+from configurator import configure, fail, mixed_precision, resolve_device, resolve_dtype
 from model import GPT2_MODELS, GPT, load_checkpoint
 from prepare import GPT2_META, make_codec
 
@@ -68,8 +67,7 @@ device_type = device.split(":")[0]
 dtype = resolve_dtype(dtype, device_type)
 torch.manual_seed(seed)
 torch.set_float32_matmul_precision("high")
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+autocast = mixed_precision(device_type, dtype)
 
 try:
     if init_from == "resume":

@@ -29,7 +29,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -40,7 +39,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure, fail, resolve_device, resolve_dtype
+from configurator import configure, fail, mixed_precision, resolve_device, resolve_dtype
 from model import ACTIVATIONS, GPT2_MODELS, GPT, GPTConfig, peak_flops
 
 # -----------------------------------------------------------------------------
@@ -197,8 +196,7 @@ if master_process:
 
 torch.manual_seed(seed)  # the same initial weights in every process (FSDP shards them without a broadcast)
 torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+autocast = mixed_precision(device_type, dtype)
 
 # -----------------------------------------------------------------------------
 # data: random windows of block_size + 1 tokens, drawn from a seeded generator keyed by what the batch is for,
