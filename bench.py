@@ -73,10 +73,14 @@ autocast = mixed_precision(device_type, dtype)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join("data", "shakespeare_char")
 RECIPE = os.path.join(ROOT, "config", "shakespeare_char_cpu.py")
-# nanoGPT's CPU command, from its README
-NANOGPT_CPU = [os.path.join(ROOT, "config", "shakespeare_char.py"), "--device=cpu", "--compile=False",
-               "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
-               "--n_head=4", "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
+# nanoGPT's CPU command, from its README: nanoGPT's config/shakespeare_char.py, then the README's flags
+NANOGPT_CONFIG = ["--eval_interval=250", "--eval_iters=200", "--log_interval=10", "--always_save_checkpoint=False",
+                  "--batch_size=64", "--block_size=256", "--n_layer=6", "--n_head=6", "--n_embd=384", "--dropout=0.2",
+                  "--learning_rate=1e-3", "--max_iters=5000", "--lr_decay_iters=5000", "--min_lr=1e-4", "--beta2=0.99",
+                  "--warmup_iters=100"]
+NANOGPT_CPU = NANOGPT_CONFIG + ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1",
+                                "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
+                                "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
 
 
 def synchronize():

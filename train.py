@@ -2,8 +2,8 @@
 Train a GPT on the token ids that prepare.py wrote, on a CPU, one GPU, or many through torchrun.
 
     python train.py                                   # a small model on data/shakespeare_char, minutes on a CPU
-    python train.py config/shakespeare_char.py        # nanoGPT's 6x6x384 Shakespeare model, for a GPU
-    python train.py config/shakespeare_char.py --device=cpu --compile=False --max_iters=2000
+    python train.py config/shakespeare_char_cpu.py    # the best Shakespeare model a CPU trains in 2 minutes
+    python train.py config/shakespeare_char.py        # the 6x6x384 Shakespeare model, under a minute on a GPU
     python train.py --init_from=resume                # continue from out_dir/ckpt.pt
     python train.py config/finetune_shakespeare.py    # finetune OpenAI's GPT-2 (124M) on Shakespeare
     python train.py config/eval_gpt2.py               # GPT-2's loss on data/openwebtext, without training
