@@ -22,7 +22,7 @@ that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
   part's, or out/ckpt.pt).
 - prepare: MB/s of prepare.py on 200 MB of text at character level and 50 MB with GPT-2's BPE (Tiny
   Shakespeare repeated), against nanoGPT's way (the whole text in memory, a Python dict per character,
-  tiktoken's encode_ordinary on one core); both must write the same token ids.
+  tiktoken's encode_ordinary on one core), each timed as a whole process; both must write the same token ids.
 - ablation (not part of 'all'): the recipe with one of its parts taken out at a time.
 The data: data/shakespeare_char as `python prepare.py` makes it; GPT-2's BPE files for the prepare part.
 """
@@ -261,21 +261,27 @@ def bench_sample(out_dir):
 # -----------------------------------------------------------------------------
 # prepare: prepare.py against nanoGPT's data/shakespeare_char/prepare.py and data/shakespeare/prepare.py
 
-def nanogpt_prepare(path, out_dir, tokenizer):
-    """nanoGPT's way: read the whole text, split it 90/10, encode each split in one call, write uint16 ids."""
-    with open(path, encoding="utf-8") as f:
-        data = f.read()
-    n = len(data)
-    train_data, val_data = data[:int(n * 0.9)], data[int(n * 0.9):]
-    if tokenizer == "char":
-        stoi = {ch: i for i, ch in enumerate(sorted(set(data)))}
-        encode = lambda s: [stoi[c] for c in s]
-    else:
-        import tiktoken
-        encode = tiktoken.get_encoding("gpt2").encode_ordinary
-    os.makedirs(out_dir, exist_ok=True)
-    np.array(encode(train_data), dtype=np.uint16).tofile(os.path.join(out_dir, "train.bin"))
-    np.array(encode(val_data), dtype=np.uint16).tofile(os.path.join(out_dir, "val.bin"))
+# nanoGPT's data/shakespeare_char/prepare.py and data/shakespeare/prepare.py, down to the work they do: read the
+# whole text, split it 90/10, encode each split in one call, write uint16 ids. A script of its own, as nanoGPT's
+# is, so that both sides are timed as the processes a user runs (interpreter, imports, tokenizer loading and all).
+NANOGPT_PREPARE = """
+import os, sys
+import numpy as np
+path, out_dir, tokenizer = sys.argv[1:]
+with open(path, encoding="utf-8") as f:
+    data = f.read()
+n = len(data)
+train_data, val_data = data[:int(n * 0.9)], data[int(n * 0.9):]
+if tokenizer == "char":
+    stoi = {ch: i for i, ch in enumerate(sorted(set(data)))}
+    encode = lambda s: [stoi[c] for c in s]
+else:
+    import tiktoken
+    encode = tiktoken.get_encoding("gpt2").encode_ordinary
+os.makedirs(out_dir, exist_ok=True)
+np.array(encode(train_data), dtype=np.uint16).tofile(os.path.join(out_dir, "train.bin"))
+np.array(encode(val_data), dtype=np.uint16).tofile(os.path.join(out_dir, "val.bin"))
+"""
 
 
 def run(args, cwd):
@@ -293,8 +299,8 @@ def bench_prepare():
         fail(f"{source} is missing: run python prepare.py first")
     with open(source, encoding="utf-8") as f:
         text = f.read()
-    print("\n## prepare: Tiny Shakespeare repeated; prepare.py's whole process against nanoGPT's way in this process,"
-          " median of 3 runs each")
+    print("\n## prepare: Tiny Shakespeare repeated; the whole process of prepare.py and of nanoGPT's way, median of 3 "
+          "runs each")
     with tempfile.TemporaryDirectory() as tmp:
         for tokenizer, megabytes in (("char", char_megabytes), ("gpt2", gpt2_megabytes)):
             path = os.path.join(tmp, f"text_{megabytes}mb.txt")
@@ -305,7 +311,7 @@ def bench_prepare():
             for _ in range(3):
                 ours.append(run([sys.executable, os.path.join(ROOT, "prepare.py"), f"--input={path}",
                                  f"--tokenizer={tokenizer}", f"--dataset=ours_{tokenizer}"], cwd=tmp)[1])
-                theirs.append(timed(lambda: nanogpt_prepare(path, theirs_dir, tokenizer))[1])
+                theirs.append(run([sys.executable, "-c", NANOGPT_PREPARE, path, theirs_dir, tokenizer], cwd=tmp)[1])
             same = all(same_token_ids(os.path.join(tmp, "data", f"ours_{tokenizer}", name), os.path.join(theirs_dir, name))
                        for name in ("train.bin", "val.bin"))
             size, ours, theirs = os.path.getsize(path) / 1e6, median(ours), median(theirs)
