@@ -554,8 +554,10 @@ while True:
     t1 = time.time()
     dt = t1 - t0
     t0 = t1
-    if compile and local_iter_num == 0 and master_process:
-        print(f"compiled: the first evaluation and step took {t1 - run_start:.1f}s")
+    if local_iter_num == 0:
+        first_step_end = t1  # the estimate of the time left leaves out the first step: it carries start-up and compiling
+        if compile and master_process:
+            print(f"compiled: the first evaluation and step took {t1 - run_start:.1f}s")
     if iter_num % log_interval == 0:
         if ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -565,7 +567,8 @@ while True:
             if local_iter_num >= 5:  # let the training loop settle a bit
                 mfu = raw_model.estimate_mfu(micro_batch * micro_steps, dt, peak)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            seconds_left = (t1 - run_start) / (local_iter_num + 1) * (max_iters - iter_num - 1)
+            per_step = (t1 - first_step_end) / local_iter_num if local_iter_num else dt
+            seconds_left = per_step * (max_iters - iter_num - 1)
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%, "
                   f"eta {format_duration(seconds_left)}")
             log_metrics(kind="iter", iter=iter_num, tokens=(iter_num + 1) * tokens_per_iter, train_loss=lossf, lr=lr,
