@@ -456,41 +456,48 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             if group["muon"]:
                 self.muon_step(group, params)
             else:
                 self.adamw_step(group, params)
         return loss
 
+    # Each update below is one call over all the group's tensors (torch._foreach_*), not one call per tensor: the
+    # same arithmetic, but on a GPU every call is a kernel launch, and a small model's step is made of launches.
     def muon_step(self, group, params):
         by_shape = {}
         for p in params:
             by_shape.setdefault(p.shape, []).append(p)
         for shape, same_shape in by_shape.items():
-            updates = []
-            for p in same_shape:
-                momentum = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                momentum.lerp_(p.grad, 1 - group["momentum"])
-                updates.append(p.grad.lerp(momentum, group["momentum"]))  # Nesterov: look one step ahead
+            grads = [p.grad for p in same_shape]
+            momenta = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in same_shape]
+            torch._foreach_lerp_(momenta, grads, 1 - group["momentum"])
+            updates = torch._foreach_lerp(grads, momenta, group["momentum"])  # Nesterov: look one step ahead
             # a wide matrix's orthogonal update has smaller entries than a tall one's: scale it up to match
             step_size = group["lr"] * max(1.0, shape[0] / shape[1]) ** 0.5
-            for p, update in zip(same_shape, orthogonalize(torch.stack(updates))):
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-step_size)
+            torch._foreach_mul_(same_shape, 1 - group["lr"] * group["weight_decay"])
+            torch._foreach_add_(same_shape, orthogonalize(torch.stack(updates)).unbind(0), alpha=-step_size)
 
     def adamw_step(self, group, params):
         beta1, beta2 = group["betas"]
-        for p in params:
-            state = self.state[p]
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
             if not state:
                 state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
             state["step"] += 1
-            state["exp_avg"].lerp_(p.grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            bias_correction1, bias_correction2 = 1 - beta1 ** state["step"], 1 - beta2 ** state["step"]
-            denominator = (state["exp_avg_sq"] / bias_correction2).sqrt_().add_(group["eps"])
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / bias_correction1)
+        grads = [p.grad for p in params]
+        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        denominators = torch._foreach_div(exp_avg_sqs, [1 - beta2 ** s["step"] for s in states])
+        torch._foreach_sqrt_(denominators)
+        torch._foreach_add_(denominators, group["eps"])
+        torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+        step_sizes = [-group["lr"] / (1 - beta1 ** s["step"]) for s in states]
+        torch._foreach_addcdiv_(params, exp_avgs, denominators, step_sizes)
 
 
 def orthogonalize(G, steps=5):

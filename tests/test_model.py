@@ -292,6 +292,28 @@ def test_muon_orthogonalizes_same_shaped_matrices_as_if_one_at_a_time():
         assert torch.allclose(p, expected, atol=1e-6)
 
 
+def test_muon_steps_its_adamw_groups_as_torch_adamw_does():
+    from model import Muon
+    torch.manual_seed(0)
+    shapes = [(6, 5), (5,), (3, 4)]
+    ours = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    groups = lambda params: [{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}]
+    optimizer = Muon(groups(ours), lr=1e-2, betas=(0.9, 0.95))
+    reference = torch.optim.AdamW(groups(theirs), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    for step in range(6):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        if step == 2:  # a parameter without a gradient skips a step, and its bias correction falls behind
+            ours[1].grad = theirs[1].grad = None
+        optimizer.step()
+        reference.step()
+        for a, b in zip(ours, theirs):
+            assert torch.allclose(a, b, rtol=0, atol=1e-6)
+    assert optimizer.state[ours[1]]["step"] == 5 and optimizer.state[ours[0]]["step"] == 6
+
+
 def test_sampling_layout_keeps_every_weight_and_the_sampled_tokens():
     model = tiny(vocab_size=60).eval()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
