@@ -362,7 +362,8 @@ def bench_ablation(out_dir):
     train_runs([("the recipe", [RECIPE]),
                 ("AdamW instead of Muon", [RECIPE, "--muon_learning_rate=0.0"]),
                 ("learned positions instead of rotary", [RECIPE, "--rotary=False"]),
-                ("no QK-norm", [RECIPE, "--qk_norm=False"])], out_dir)
+                ("no QK-norm", [RECIPE, "--qk_norm=False", "--attn_scale=1.0"]),
+                ("attention at the usual scale", [RECIPE, "--attn_scale=1.0"])], out_dir)
 
 
 # -----------------------------------------------------------------------------

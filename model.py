@@ -51,9 +51,12 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, as GPT-2; False is a little better and faster
     activation: str = "gelu_tanh"  # the MLP's GELU: GPT-2's tanh approximation, or 'gelu', the exact one (nanoGPT's)
-    # Beyond GPT-2, both off by default, so that the default model is GPT-2 and loads its weights:
+    # Beyond GPT-2, all off by default, so that the default model is GPT-2 and loads its weights:
     rotary: bool = False  # rotary position embeddings on queries and keys instead of learned ones (no wpe)
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention
+    # Attention's logits are q.k / sqrt(head size) times this. Under qk_norm they cannot pass sqrt(head size),
+    # which leaves a small head's attention too flat: above 1 sharpens it.
+    attn_scale: float = 1.0
 
 
 # The MLP's nonlinearity. The two compute nearly the same function, but on CPUs the exact one runs 3x faster.
@@ -110,6 +113,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.qk_norm = config.qk_norm
+        self.scale = config.attn_scale / math.sqrt(config.n_embd // config.n_head)
         # query, key and value projections for all heads, in one matrix
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -131,7 +135,7 @@ class CausalSelfAttention(nn.Module):
         # Several new tokens only ever come on an empty cache, where the causal mask is exact;
         # a single new token may look at everything before it, so it needs no mask.
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=T > 1)  # (B, nh, T, hs)
+                                           is_causal=T > 1, scale=self.scale)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
         y = self.c_proj(y)
         # dropout only acts in training: not calling it otherwise saves sampling a call per layer
@@ -303,10 +307,11 @@ class GPT(nn.Module):
         Write folder/config.json and folder/model.safetensors in Hugging Face's GPT-2 format, which
         transformers (GPT2LMHeadModel.from_pretrained) and GPT.from_pretrained read. GPT-2 has biases
         everywhere: a model without them gets zero biases, which compute the same. A model with an option
-        beyond GPT-2 (rotary, qk_norm) cannot be written so: ValueError.
+        beyond GPT-2 (rotary, qk_norm, attn_scale) cannot be written so: ValueError.
         """
         cfg = self.config
-        beyond = [name for name, on in (("rotary", cfg.rotary), ("qk_norm", cfg.qk_norm)) if on]
+        beyond = [name for name, on in (("rotary", cfg.rotary), ("qk_norm", cfg.qk_norm),
+                                        ("attn_scale", cfg.attn_scale != 1.0)) if on]
         if beyond:
             raise ValueError(f"GPT-2's format cannot hold this model: it uses {', '.join(beyond)}, which GPT-2 has not")
         try:

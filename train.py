@@ -70,6 +70,7 @@ bias = False  # biases in Linears and LayerNorms
 activation = "gelu"  # the MLP's: 'gelu' (exact, as nanoGPT) or 'gelu_tanh' (GPT-2's approximation, slower on CPUs)
 rotary = False  # rotary position embeddings instead of learned ones
 qk_norm = False  # RMSNorm on queries and keys
+attn_scale = 1.0  # attention logits times this (above 1: sharper attention, for qk_norm)
 # optimizer: AdamW, or Muon for the transformer blocks' matrices and AdamW for the rest
 learning_rate = 1e-3  # max learning rate (AdamW's)
 muon_learning_rate = 0.0  # above 0: Muon, at this max learning rate, for the blocks' matrices
@@ -98,7 +99,8 @@ globals().update(config)
 # -----------------------------------------------------------------------------
 # check the settings before anything slow happens
 
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "activation", "rotary", "qk_norm")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "activation", "rotary", "qk_norm",
+              "attn_scale")
 CHECKPOINT_KEYS = {"model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "best_iter", "config",
                    "tokenizer", "rng_cpu", "rng_cuda"}
 if init_from not in ("scratch", "resume", *GPT2_MODELS) and not os.path.isdir(init_from):
@@ -106,6 +108,8 @@ if init_from not in ("scratch", "resume", *GPT2_MODELS) and not os.path.isdir(in
          f"or a folder in Hugging Face's GPT-2 format")
 if n_embd % n_head != 0:
     fail(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
+if attn_scale <= 0:
+    fail(f"attn_scale must be above 0, got {attn_scale}")
 if rotary and n_embd // n_head % 2:
     fail(f"rotary=True turns channels in pairs: the head size n_embd // n_head ({n_embd // n_head}) must be even")
 if activation not in ACTIVATIONS:
@@ -236,7 +240,8 @@ def train_batches(iter_num):
 # GPT-2's 50257 tokens are padded to a multiple of 64, as in nanoGPT, for faster matrix products
 vocab_size = meta["vocab_size"] if meta["tokenizer"] == "char" else math.ceil(meta["vocab_size"] / 64) * 64
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  vocab_size=vocab_size, dropout=dropout, activation=activation, rotary=rotary, qk_norm=qk_norm)
+                  vocab_size=vocab_size, dropout=dropout, activation=activation, rotary=rotary, qk_norm=qk_norm,
+                  attn_scale=attn_scale)
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 PRETRAINED_KEYS = tuple(k for k in MODEL_KEYS if k != "block_size")  # a pretrained model brings its own
 pretrained = None if init_from in ("scratch", "resume") else init_from  # where the weights started, if not random

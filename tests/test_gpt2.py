@@ -120,7 +120,7 @@ def test_a_gpt2_with_the_exact_gelu_loads_with_it(tmp_path):
         assert torch.allclose(our_logits(model, idx), hf_logits(hf, idx), atol=1e-5)
 
 
-@pytest.mark.parametrize("option", [dict(rotary=True), dict(qk_norm=True)])
+@pytest.mark.parametrize("option", [dict(rotary=True), dict(qk_norm=True), dict(attn_scale=1.5)])
 def test_options_beyond_gpt2_cannot_be_saved_in_its_format(tmp_path, option):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50, **option))
     with pytest.raises(ValueError, match="GPT-2's format cannot hold this model: it uses"):
@@ -222,7 +222,7 @@ def test_finetune_config_on_a_folder_then_resume_export_and_evaluate(gpt2_data, 
     checkpoint = torch.load(ckpt_path, weights_only=True)
     assert checkpoint["model_args"] == dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=True,
                                             vocab_size=50257, dropout=0.1, activation="gelu_tanh", rotary=False,
-                                            qk_norm=False)
+                                            qk_norm=False, attn_scale=1.0)
     assert checkpoint["tokenizer"] == {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}
     assert checkpoint["pretrained"] == str(gpt2_folder)
 

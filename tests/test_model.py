@@ -202,6 +202,25 @@ def test_options_change_only_what_they_name():
     assert torch.equal(tiny(activation="gelu").transformer.h[0].mlp.activation(x), torch.nn.functional.gelu(x))
 
 
+def test_attn_scale_multiplies_the_attention_logits():
+    torch.manual_seed(0)
+    model = tiny(qk_norm=True, attn_scale=1.5)
+    attn = model.transformer.h[0].attn
+    x = torch.randn(2, 6, model.config.n_embd)
+    hs = model.config.n_embd // model.config.n_head
+    q, k, v = attn.c_attn(x).view(2, 6, 3, model.config.n_head, hs).unbind(2)  # (B, T, nh, hs) each
+    rms_norm = torch.nn.functional.rms_norm
+    q, k, v = (t.transpose(1, 2) for t in (rms_norm(q, (hs,)), rms_norm(k, (hs,)), v))
+    logits = 1.5 * q @ k.mT / hs ** 0.5 + torch.full((6, 6), float("-inf")).triu(1)
+    expected = attn.c_proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(2, 6, -1))
+    with torch.no_grad():
+        assert torch.allclose(attn(x), expected, atol=1e-5)
+    # the default, 1, is attention as GPT-2 has it
+    default, explicit = tiny(), tiny(attn_scale=1.0)  # the same seed: the same weights
+    idx = torch.randint(50, (2, 8))
+    assert torch.equal(default(idx, idx)[1], explicit(idx, idx)[1])
+
+
 def test_rotary_attention_depends_on_relative_positions_only():
     model = tiny(rotary=True)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)  # (B, T, heads, hs)

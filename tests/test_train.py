@@ -149,7 +149,7 @@ def test_a_checkpoint_from_before_the_architecture_options_resumes_as_gpt2(char_
     """Older checkpoints have no activation, rotary, ... in model_args: they were GPT-2's tanh GELU and nothing else."""
     train(char_data, "--max_iters=2", "--eval_interval=2", "--activation=gelu_tanh")
     checkpoint = torch.load(char_data / "out" / "ckpt.pt", weights_only=True)
-    for key in ("activation", "rotary", "qk_norm"):
+    for key in ("activation", "rotary", "qk_norm", "attn_scale"):
         del checkpoint["model_args"][key]
     torch.save(checkpoint, char_data / "out" / "ckpt.pt")
     assert_clean_error(run_script("train.py", *TINY, "--init_from=resume", cwd=char_data),
