@@ -24,6 +24,15 @@ def read_metrics(folder):
         return [json.loads(line) for line in f]
 
 
+def test_the_eta_leaves_out_the_first_step(char_data):
+    # the first step carries the first evaluation, made long here; the steps after it are short
+    result = train(char_data, "--max_iters=300", "--eval_interval=1000", "--eval_iters=150", "--log_interval=10")
+    first_step = float(re.search(r"^iter 0: .*, time ([\d.]+)ms", result.stdout, re.M).group(1)) / 1000
+    eta = int(re.search(r"^iter 10: .*, eta (\d+)s$", result.stdout, re.M).group(1))
+    # spreading the first step over the first 11 would estimate at least first_step * 289 / 11 for the other 289
+    assert eta < first_step * 289 / 11 / 2
+
+
 def test_metrics_file_plot_eta_and_summary(char_data):
     result = train(char_data, "--max_iters=30")
     records = read_metrics(char_data)

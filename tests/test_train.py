@@ -119,6 +119,7 @@ def corrupt_checkpoint(folder):
     (["--activation=swish"], ["unknown activation 'swish': use gelu_tanh, gelu"]),
     (["--rotary=True", "--n_embd=30", "--n_head=2"], ["the head size n_embd // n_head (15) must be even"]),
     (["--fsdp=True", "--muon_learning_rate=0.02"], ["fsdp=True cannot train with Muon"]),
+    (["--attn_scale=0"], ["attn_scale must be above 0, got 0"]),
 ])
 def test_bad_settings_are_clean_errors(char_data, args, fragments):
     result = run_script("train.py", *TINY, "--max_iters=2", *args, cwd=char_data)
