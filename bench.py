@@ -5,6 +5,7 @@ that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
     python prepare.py && python bench.py      # train, recipe, sample and prepare: about 10 minutes on 2 cores
     python bench.py --part=train              # one part: train, recipe, sample, prepare, or ablation
     python bench.py --part=recipe --recipe_repeats=3
+    python bench.py --part=recipe --device=cuda   # the GPU recipe against nanoGPT's GPU command
     python bench.py --part=train --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
         --vocab_size=50304 --compile=True      # GPT-2 124M steps on a GPU
 
@@ -14,7 +15,8 @@ that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
   alone, which bound what the step can reach. MFU is against the device's peak: on a CPU, an fp32 matrix
   product timed before every round of steps.
 - recipe: config/shakespeare_char_cpu.py against nanoGPT's CPU command, each run through train.py: wall
-  time of the whole process and final val loss.
+  time of the whole process, final and best val loss. With --device=cuda, the GPU recipe
+  (config/shakespeare_char.py) against nanoGPT's GPU command (its config/train_shakespeare_char.py, compiled).
 - sample: tokens/s of greedy generation without the KV cache (the whole context through the model for every
   token, as nanoGPT does), with it, and with it as sample.py runs on a CPU (the weights laid out for sampling,
   ATen's GELU in place of oneDNN's), on a 6 x 6 x 384 model with GPT-2's vocabulary, 64 new tokens after a
@@ -73,7 +75,8 @@ autocast = mixed_precision(device_type, dtype)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join("data", "shakespeare_char")
 RECIPE = os.path.join(ROOT, "config", "shakespeare_char_cpu.py")
-# nanoGPT's CPU command, from its README: nanoGPT's config/shakespeare_char.py, then the README's flags
+GPU_RECIPE = os.path.join(ROOT, "config", "shakespeare_char.py")
+# nanoGPT's config/train_shakespeare_char.py spelled out; its CPU command (from its README) adds flags to it
 NANOGPT_CONFIG = ["--eval_interval=250", "--eval_iters=200", "--log_interval=10", "--always_save_checkpoint=False",
                   "--batch_size=64", "--block_size=256", "--n_layer=6", "--n_head=6", "--n_embd=384", "--dropout=0.2",
                   "--learning_rate=1e-3", "--max_iters=5000", "--lr_decay_iters=5000", "--min_lr=1e-4", "--beta2=0.99",
@@ -81,6 +84,7 @@ NANOGPT_CONFIG = ["--eval_interval=250", "--eval_iters=200", "--log_interval=10"
 NANOGPT_CPU = NANOGPT_CONFIG + ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1",
                                 "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
                                 "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
+NANOGPT_GPU = NANOGPT_CONFIG + ["--compile=True"]  # nanoGPT's `python train.py config/train_shakespeare_char.py`
 
 
 def synchronize():
@@ -325,34 +329,44 @@ def same_token_ids(a, b):
 
 
 # -----------------------------------------------------------------------------
-# recipe: config/shakespeare_char_cpu.py against nanoGPT's CPU command, through train.py
+# recipe: our recipe against nanoGPT's command for the device (CPU or GPU), each through train.py
 
-def final_val_loss(stdout):
-    return float([line for line in stdout.splitlines() if line.startswith("step ")][-1].split("val loss ")[1])
+def val_losses(stdout):
+    """The final val loss that train.py printed, and the best one with its iteration."""
+    final = float([line for line in stdout.splitlines() if line.startswith("step ")][-1].split("val loss ")[1])
+    done = next(line for line in stdout.splitlines() if line.startswith("done: best val loss "))
+    best, best_iter = done.removeprefix("done: best val loss ").split(",")[0].split(" at iter ")
+    return final, float(best), int(best_iter)
 
 
 def train_runs(runs, out_dir):
     """
     Run train.py for each (name, args), recipe_repeats times in turn, each time with the next seed (a repeated
-    seed would repeat the loss); print the median wall time and val loss.
+    seed would repeat the loss); print the median wall time and val losses.
     """
     results = {name: [] for name, _ in runs}
     for repeat in range(recipe_repeats):
         for name, args in runs:
             stdout, wall = run([sys.executable, os.path.join(ROOT, "train.py"), *args, f"--seed={seed + repeat}",
                                 f"--out_dir={out_dir}"], cwd=".")
-            results[name].append((wall, final_val_loss(stdout)))
+            results[name].append((wall, *val_losses(stdout)))
     for name, rows in results.items():
-        walls, losses = zip(*rows)
+        walls, losses, bests, best_iters = zip(*rows)
         each = f"  (median of {len(rows)} seeds: {', '.join(f'{loss:.4f}' for loss in losses)})" if len(rows) > 1 else ""
-        print(f"{name:38s} {median(walls):6.1f}s  final val loss {median(losses):.4f}{each}")
+        print(f"{name:38s} {median(walls):6.1f}s  final val loss {median(losses):.4f}, best {median(bests):.4f} "
+              f"(iter {median(best_iters):.0f}){each}")
 
 
 def bench_recipe(out_dir):
     print("\n## recipe: the whole train.py process, on data/shakespeare_char")
     if not os.path.exists(os.path.join(DATA_DIR, "val.bin")):
         fail(f"{DATA_DIR} is not prepared: run python prepare.py first")
-    train_runs([("nanoGPT's CPU command", NANOGPT_CPU), ("config/shakespeare_char_cpu.py", [RECIPE])], out_dir)
+    if device_type == "cuda":
+        train_runs([("nanoGPT's GPU command", NANOGPT_GPU + [f"--device={device}"]),
+                    ("config/shakespeare_char.py", [GPU_RECIPE, f"--device={device}"])], out_dir)
+    else:
+        train_runs([("nanoGPT's CPU command", NANOGPT_CPU), ("config/shakespeare_char_cpu.py", [RECIPE, "--device=cpu"])],
+                   out_dir)
 
 
 def bench_ablation(out_dir):

@@ -53,6 +53,8 @@ def test_metrics_file_plot_eta_and_summary(char_data):
     elapsed = [r["elapsed"] for r in records]
     assert elapsed == sorted(elapsed)
     assert re.search(r"^iter 5: loss \d\.\d{4}, time [\d.]+ms, mfu -?[\d.]+%, eta \d+s$", result.stdout, re.M)
+    # the first step's time is mostly start-up: no estimate of the time left from it alone
+    assert re.search(r"^iter 0: loss \d\.\d{4}, time [\d.]+ms, mfu -?[\d.]+%$", result.stdout, re.M)
     best = min(evals, key=lambda r: r["val_loss"])
     assert f"done: best val loss {best['val_loss']:.4f} at iter {best['iter']}, " in result.stdout
     assert result.stdout.rstrip().endswith("tokens/s")
