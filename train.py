@@ -47,6 +47,7 @@ from model import ACTIVATIONS, GPT2_MODELS, GPT, GPTConfig, peak_flops
 # I/O
 out_dir = "out"
 eval_interval = 250
+eval_at_start = True  # evaluate before the first step too (the starting loss); False: from the first interval on
 log_interval = 10
 eval_iters = 20  # batches per split in each loss estimate
 eval_only = False  # evaluate once and exit
@@ -268,8 +269,9 @@ if init_from == "resume":
     if different:
         fail(f"cannot resume: the checkpoint's model differs: {', '.join(different)}; "
              f"use the settings it was trained with, or a new --out_dir")
+    # settings newer than the checkpoint are not changes
     changed = [f"{k} {checkpoint['config'][k]!r} -> {v!r}" for k, v in config.items()
-               if k != "init_from" and checkpoint["config"].get(k) != v]
+               if k != "init_from" and k in checkpoint["config"] and checkpoint["config"][k] != v]
     iter_num = checkpoint["iter_num"]
     best_val_loss, best_iter = checkpoint["best_val_loss"], checkpoint["best_iter"]
     if master_process:
@@ -514,7 +516,8 @@ while True:
         param_group["lr"] = lr * param_group.get("lr_scale", 1.0)  # Muon's group keeps its ratio to AdamW's rate
 
     # evaluate the loss on train/val sets and write checkpoints
-    if iter_num % eval_interval == 0 or iter_num == max_iters:
+    at_interval = iter_num % eval_interval == 0 and (local_iter_num > 0 or eval_at_start)
+    if at_interval or iter_num == max_iters or eval_only:
         losses = estimate_loss()
         check_finite(losses["val"], "val loss")
         improved = losses["val"] < best_val_loss and not eval_only

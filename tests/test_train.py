@@ -85,7 +85,17 @@ def test_eval_only_writes_nothing(char_data):
     saved = (char_data / "out" / "ckpt.pt").read_bytes()
     result = train(char_data, "--max_iters=4", "--init_from=resume", "--eval_only=True", "--eval_iters=9")
     assert "step 4: train loss" in result.stdout and not parse_losses(result.stdout)[0]
+    result = train(char_data, "--init_from=resume", "--eval_only=True")  # iter 4 is no multiple of eval_interval
+    assert "step 4: train loss" in result.stdout and not parse_losses(result.stdout)[0]
     assert (char_data / "out" / "ckpt.pt").read_bytes() == saved
+
+
+def test_eval_at_start_false_skips_the_first_evaluation_alone(char_data):
+    common = ["--max_iters=6", "--eval_interval=3", "--log_interval=1"]
+    default = parse_losses(train(char_data, *common).stdout)
+    skipped = parse_losses(train(char_data, *common, "--eval_at_start=False", "--out_dir=skipped").stdout)
+    assert sorted(default[1]) == [0, 3, 6] and sorted(skipped[1]) == [3, 6]
+    assert skipped[0] == default[0] and skipped[1][6] == default[1][6]  # the same training, bit for bit
 
 
 def test_the_shakespeare_config_file_works_with_nanogpt_cpu_flags(char_data):
@@ -147,16 +157,21 @@ def test_resuming_with_another_model_is_refused(char_data, change, fragment):
 
 
 def test_a_checkpoint_from_before_the_architecture_options_resumes_as_gpt2(char_data):
-    """Older checkpoints have no activation, rotary, ... in model_args: they were GPT-2's tanh GELU and nothing else."""
+    """
+    Older checkpoints have no activation, rotary, ... in model_args: they were GPT-2's tanh GELU and nothing else.
+    Nor do they hold the settings added since, which are not changes.
+    """
     train(char_data, "--max_iters=2", "--eval_interval=2", "--activation=gelu_tanh")
     checkpoint = torch.load(char_data / "out" / "ckpt.pt", weights_only=True)
     for key in ("activation", "rotary", "qk_norm", "attn_scale"):
         del checkpoint["model_args"][key]
+    for key in ("attn_scale", "eval_at_start"):
+        del checkpoint["config"][key]
     torch.save(checkpoint, char_data / "out" / "ckpt.pt")
     assert_clean_error(run_script("train.py", *TINY, "--init_from=resume", cwd=char_data),
                        "activation='gelu_tanh' (asked 'gelu')")
     result = train(char_data, "--max_iters=4", "--eval_interval=2", "--init_from=resume", "--activation=gelu_tanh")
-    assert "resuming from out/ckpt.pt at iter 2" in result.stdout
+    assert "resuming from out/ckpt.pt at iter 2; changed: max_iters 2 -> 4\n" in result.stdout
 
 
 def test_resuming_from_a_foreign_checkpoint_is_refused(char_data):
