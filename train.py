@@ -575,9 +575,10 @@ while True:
             if local_iter_num >= 5:  # let the training loop settle a bit
                 mfu = raw_model.estimate_mfu(micro_batch * micro_steps, dt, peak)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            # no estimate after the first step alone, whose time is mostly start-up
-            seconds_left = (t1 - first_step_end) / max(local_iter_num, 1) * (max_iters - iter_num - 1)
-            eta = f", eta {format_duration(seconds_left)}" if local_iter_num else ""
+            eta = ""
+            if local_iter_num:  # no estimate after the first step alone, whose time is mostly start-up
+                seconds_left = (t1 - first_step_end) / local_iter_num * (max_iters - iter_num - 1)
+                eta = f", eta {format_duration(seconds_left)}"
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%{eta}")
             log_metrics(kind="iter", iter=iter_num, tokens=(iter_num + 1) * tokens_per_iter, train_loss=lossf, lr=lr,
                         tokens_per_sec=round(tokens_per_iter / dt), mfu=round(max(running_mfu, 0.0), 4))
