@@ -606,4 +606,5 @@ if master_process:
     if wandb_log:
         wandb.finish()
 if ddp:
+    dist.barrier()  # no process tears down its process group while another may still use it
     dist.destroy_process_group()
