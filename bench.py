@@ -40,8 +40,10 @@ import time
 import numpy as np
 import torch
 
-from configurator import configure, fail, mixed_precision, resolve_device, resolve_dtype
-from model import GPT, GPTConfig, load_checkpoint, peak_flops, sample_next
+from checkpoint import load_checkpoint
+from configurator import configure, fail
+from devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
+from model import GPT, GPTConfig, sample_next
 
 # -----------------------------------------------------------------------------
 part = "all"  # 'all' (train, recipe, sample, prepare), one of those, or 'ablation'
@@ -53,7 +55,7 @@ block_size = 64
 batch_size = 12
 vocab_size = 65
 rounds = 9  # rounds of timed steps; each figure is the median over rounds
-recipe_repeats = 1  # runs of each command in the recipe part, in turn, at seeds seed, seed + 1, ...; figures are medians
+recipe_repeats = 1  # runs of each recipe command, in turn, at seeds seed, seed + 1, ...; figures are medians
 char_megabytes = 200  # text sizes for the prepare part
 gpt2_megabytes = 50
 steps_per_round = 20
@@ -116,7 +118,7 @@ def make_step(nanogpt_optimizer):
                           vocab_size=vocab_size, bias=False, dropout=0.0, activation="gelu")).to(device)
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device_type)
     if nanogpt_optimizer:  # the same groups, fused only on CUDA (elsewhere a loop over the tensors)
-        groups = [{"params": group["params"], "weight_decay": group["weight_decay"]} for group in optimizer.param_groups]
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
         optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), fused=device_type == "cuda")
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     forward = torch.compile(model) if compile else model
@@ -147,8 +149,9 @@ def make_matmuls():
     model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size,
                           bias=False))
     tokens = batch_size * block_size
-    operands = [(torch.randn(tokens, w.size(1), device=device), w.detach().to(device), torch.randn(tokens, w.size(0), device=device))
-                for w in (m.weight for m in model.modules() if isinstance(m, torch.nn.Linear))]
+    weights = [m.weight.detach().to(device) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    operands = [(torch.randn(tokens, w.size(1), device=device), w, torch.randn(tokens, w.size(0), device=device))
+                for w in weights]
 
     def step():
         with autocast:
@@ -183,7 +186,8 @@ def bench_train():
             timings[name].append((dt, flops / dt / peak, peak))
     for name, rows in timings.items():
         dt, mfu, peak = (median(column) for column in zip(*rows))
-        print(f"{name:22s} {dt * 1000:7.2f} ms/iter  {batch_size * block_size / dt:9,.0f} tokens/s  MFU {mfu * 100:5.1f}%"
+        print(f"{name:22s} {dt * 1000:7.2f} ms/iter  {batch_size * block_size / dt:9,.0f} tokens/s  "
+              f"MFU {mfu * 100:5.1f}%"
               f"  (peak {peak / 1e9:,.0f} GFLOP/s, median of {rounds} rounds of {steps_per_round} steps)")
     ours, theirs = (median([row[0] for row in timings[name]]) for name in ("this repository", "nanoGPT's optimizer"))
     print(f"speedup over nanoGPT's step: {theirs / ours:.2f}x")
@@ -227,7 +231,8 @@ def compare_generation(model, prompt, n_new, repeats, **sampling):
     laid_out.lay_out_for_sampling()
     runs = {"recomputing (nanoGPT)": lambda: generate_without_cache(model, prompt, n_new, **sampling),
             "KV cache": lambda: model.generate(prompt, n_new, **sampling),
-            "KV cache, as sample.py on CPU": lambda: without_onednn(lambda: laid_out.generate(prompt, n_new, **sampling))}
+            "KV cache, as sample.py on CPU":
+                lambda: without_onednn(lambda: laid_out.generate(prompt, n_new, **sampling))}
     times, outputs = {name: [] for name in runs}, {}
     for _ in range(repeats):
         for name, run in runs.items():
@@ -236,7 +241,8 @@ def compare_generation(model, prompt, n_new, repeats, **sampling):
             times[name].append(dt)
     baseline = median(times["recomputing (nanoGPT)"])
     for name in runs:
-        print(f"{name:30s} {n_new / median(times[name]):9,.1f} tokens/s  speedup {baseline / median(times[name]):5.1f}x")
+        seconds = median(times[name])
+        print(f"{name:30s} {n_new / seconds:9,.1f} tokens/s  speedup {baseline / seconds:5.1f}x")
     if prompt.size(1) + n_new <= model.config.block_size:  # beyond, nanoGPT's context differs by design
         tokens = list(outputs.values())
         print(f"the same tokens from all three: {'yes' if all(torch.equal(tokens[0], t) for t in tokens) else 'NO'}")
@@ -316,7 +322,8 @@ def bench_prepare():
                 ours.append(run([sys.executable, os.path.join(ROOT, "prepare.py"), f"--input={path}",
                                  f"--tokenizer={tokenizer}", f"--dataset=ours_{tokenizer}"], cwd=tmp)[1])
                 theirs.append(run([sys.executable, "-c", NANOGPT_PREPARE, path, theirs_dir, tokenizer], cwd=tmp)[1])
-            same = all(same_token_ids(os.path.join(tmp, "data", f"ours_{tokenizer}", name), os.path.join(theirs_dir, name))
+            ours_dir = os.path.join(tmp, "data", f"ours_{tokenizer}")
+            same = all(same_token_ids(os.path.join(ours_dir, name), os.path.join(theirs_dir, name))
                        for name in ("train.bin", "val.bin"))
             size, ours, theirs = os.path.getsize(path) / 1e6, median(ours), median(theirs)
             print(f"{tokenizer:4s} {size:5.0f} MB: prepare.py {size / ours:6.1f} MB/s ({ours:5.1f}s), nanoGPT's way "
@@ -325,7 +332,7 @@ def bench_prepare():
 
 
 def same_token_ids(a, b):
-    return os.path.getsize(a) == os.path.getsize(b) and np.array_equal(np.fromfile(a, np.uint16), np.fromfile(b, np.uint16))
+    return np.array_equal(np.fromfile(a, np.uint16), np.fromfile(b, np.uint16))
 
 
 # -----------------------------------------------------------------------------
@@ -352,7 +359,9 @@ def train_runs(runs, out_dir):
             results[name].append((wall, *val_losses(stdout)))
     for name, rows in results.items():
         walls, losses, bests, best_iters = zip(*rows)
-        each = f"  (median of {len(rows)} seeds: {', '.join(f'{loss:.4f}' for loss in losses)})" if len(rows) > 1 else ""
+        each = ""
+        if len(rows) > 1:
+            each = f"  (median of {len(rows)} seeds: {', '.join(f'{loss:.4f}' for loss in losses)})"
         print(f"{name:38s} {median(walls):6.1f}s  final val loss {median(losses):.4f}, best {median(bests):.4f} "
               f"(iter {median(best_iters):.0f}){each}")
 
@@ -365,8 +374,8 @@ def bench_recipe(out_dir):
         train_runs([("nanoGPT's GPU command", NANOGPT_GPU + [f"--device={device}"]),
                     ("config/shakespeare_char.py", [GPU_RECIPE, f"--device={device}"])], out_dir)
     else:
-        train_runs([("nanoGPT's CPU command", NANOGPT_CPU), ("config/shakespeare_char_cpu.py", [RECIPE, "--device=cpu"])],
-                   out_dir)
+        train_runs([("nanoGPT's CPU command", NANOGPT_CPU),
+                    ("config/shakespeare_char_cpu.py", [RECIPE, "--device=cpu"])], out_dir)
 
 
 def bench_ablation(out_dir):

@@ -1,5 +1,5 @@
 """
-Command-line configuration shared by prepare.py, train.py and sample.py.
+Command-line configuration shared by the scripts (prepare.py, train.py, sample.py, bench.py, export.py).
 
 Each script keeps its settings as plain module-level values and hands them to
 `configure`, together with its command-line arguments:
@@ -14,17 +14,35 @@ win. Every key must be one the script knows, and every value must have the
 type of the default it replaces (an int is fine where a float is expected;
 a key whose default is None takes any value).
 
+Every number must also lie in its range, which RANGES holds for every script.
 Mistakes end the program with one line on stderr that says what to fix, never
-with a traceback: see `fail`. `resolve_device` and `resolve_dtype` turn the
-'auto' settings of train.py and sample.py into the device and dtype to use, and
-`mixed_precision` gives the autocast context for that dtype.
+with a traceback: see `fail`.
 """
 
 import ast
 import difflib
 import os
 import sys
-from contextlib import nullcontext
+
+# The valid values of each numeric setting of every script that has it: '[' and ']' include an end, '(' and ')'
+# leave it out; after '; ', a hint for the error message.
+RANGES = {
+    # train.py (and bench.py's model)
+    "eval_interval": "[1, inf)", "log_interval": "[1, inf)", "eval_iters": "[1, inf)",
+    "gradient_accumulation_steps": "[1, inf)", "batch_size": "[1, inf)", "block_size": "[1, inf)",
+    "n_layer": "[1, inf)", "n_head": "[1, inf)", "n_embd": "[1, inf)", "dropout": "[0, 1)", "attn_scale": "(0, inf)",
+    "learning_rate": "[0, inf)", "muon_learning_rate": "[0, inf)", "muon_momentum": "[0, 1)", "max_iters": "[0, inf)",
+    "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)", "grad_clip": "[0, inf)",
+    "warmup_iters": "[0, inf)", "lr_decay_iters": "[0, inf)", "min_lr": "[0, inf)", "seed": "[0, 4294967295]",
+    # sample.py
+    "num_samples": "[1, inf)", "max_new_tokens": "[0, inf)", "top_k": "[0, inf)", "top_p": "(0, 1]",
+    "temperature": "(0, inf); for nearly greedy sampling use e.g. 0.01 or --top_k=1",
+    # prepare.py
+    "val_fraction": "(0, 1)", "vocab_size": "[1, 65536]",
+    # bench.py
+    "rounds": "[1, inf)", "steps_per_round": "[1, inf)", "recipe_repeats": "[1, inf)", "char_megabytes": "[1, inf)",
+    "gpt2_megabytes": "[1, inf)",
+}
 
 
 def fail(message):
@@ -46,7 +64,28 @@ def configure(defaults, argv):
             for key, value in run_config_file(arg, config).items():
                 check_known(key, config, where=f"config file {arg}")
                 config[key] = convert(key, value, config[key], where=arg)
+    for key, value in config.items():
+        check_range(key, value)
     return config
+
+
+def check_range(key, value):
+    """Fail unless a number lies in the range that RANGES gives its key."""
+    if key not in RANGES or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    interval, _, hint = RANGES[key].partition("; ")
+    low, high = (float(end) for end in interval[1:-1].split(", "))
+    above_low = low <= value if interval[0] == "[" else low < value
+    below_high = value <= high if interval[-1] == "]" else value < high
+    if above_low and below_high:
+        return
+    if high < float("inf"):
+        allowed = f"in {interval}"
+    elif interval[0] == "(":
+        allowed = f"above {low:g}"
+    else:
+        allowed = "0 or more" if low == 0 else f"at least {low:g}"
+    fail(f"{key} must be {allowed}, got {value}" + (f"; {hint}" if hint else ""))
 
 
 def run_config_file(path, config):
@@ -98,46 +137,3 @@ def convert(key, value, default, where):
         fail(f"{where}: {key} must be {type(default).__name__} like {default!r}, "
              f"got {type(value).__name__} {value!r}")
     return value
-
-
-def resolve_device(device):
-    """'auto' -> the best device here (cuda, then mps, then cpu); anything else is checked to exist."""
-    import torch
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    kind, _, index = device.partition(":")
-    if kind == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            fail(f"device '{device}' is not available: this machine has no CUDA GPU that torch can use; "
-                 f"use --device=cpu (or leave device to 'auto')")
-        if index and (not index.isdigit() or int(index) >= count):
-            fail(f"device '{device}' is not available: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
-    elif kind == "mps":
-        if not torch.backends.mps.is_available():
-            fail(f"device '{device}' is not available: MPS needs an Apple-silicon Mac; use --device=cpu")
-    elif device != "cpu":
-        fail(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def resolve_dtype(dtype, device_type):
-    """'auto' -> what the device runs fast: bfloat16 on CUDA where supported, else float16 there; float32 elsewhere."""
-    import torch
-    if dtype == "auto":
-        if device_type == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        fail(f"unknown dtype '{dtype}': use auto, float32, bfloat16 or float16")
-    if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
-        fail("this GPU does not support bfloat16: use --dtype=float16")
-    return dtype
-
-
-def mixed_precision(device_type, dtype):
-    """The context to run a model in at dtype (a name that resolve_dtype returned): mixed precision below float32."""
-    import torch
-    return nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=getattr(torch, dtype))

@@ -14,8 +14,9 @@ exported model computes exactly what the checkpoint does. Needs safetensors (pip
 import os
 import sys
 
+from checkpoint import load_checkpoint
 from configurator import configure, fail
-from model import load_checkpoint
+from hf_format import save_pretrained
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # where train.py wrote ckpt.pt
@@ -34,7 +35,7 @@ if tokenizer["tokenizer"] != "gpt2":
     fail(f"{ckpt_path} is a {tokenizer['tokenizer']}-level model: only models that use GPT-2's BPE "
          f"(prepare.py --tokenizer=gpt2) can be exported in GPT-2's format")
 try:
-    model.save_pretrained(export_dir)
+    save_pretrained(model, export_dir)
 except (ValueError, ImportError, OSError) as e:
     fail(f"cannot export to {export_dir}: {e}")
 print(f"wrote {export_dir}/config.json and model.safetensors ({model.get_num_params() / 1e6:.2f}M parameters)")

@@ -8,26 +8,10 @@ Turn a text file, or a collection of documents, into the token ids that train.py
     python prepare.py --input=docs.jsonl --tokenizer=gpt2               # documents      -> data/docs/
     python prepare.py --input=hf:Skylion007/openwebtext --tokenizer=gpt2  # a Hugging Face dataset -> data/openwebtext/
 
-It writes three files into data/DATASET/:
-- train.bin, val.bin: the token ids as raw uint16, readable with np.memmap(path, dtype=np.uint16, mode='r');
-- meta.json: the tokenizer: {"tokenizer": "char", "vocab_size": 65, "chars": "\\n !$&'..."} (token i is
-  chars[i]) or {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"} (tiktoken's encoding name).
-
-As in nanoGPT, the first (1 - val_fraction) of the characters are the training split and the rest the
-validation split, each encoded on its own. Line endings are read as Python's text mode reads them
-("\\r\\n" becomes "\\n"). The file is streamed in chunks, twice (once to count characters and collect the
-alphabet, once to encode), so memory stays flat however large the text is, and the .bin files appear
-only once they are complete.
-
-Documents are the "text" fields of a .jsonl file (one JSON object per line), of a .parquet file, or of
-the train split of a Hugging Face dataset, --input=hf:NAME or hf:NAME:CONFIG (NAME as the Hub names it,
-or a local folder; streamed with the datasets package, never held in memory). With GPT-2's BPE each
-document's tokens are followed by <|endoftext|>, as in nanoGPT's openwebtext; at char level each document
-is followed by a newline, and the documents are read twice (a Hugging Face dataset is streamed twice).
-Documents are split whole, without counting them first: document i (from 0) goes to val when
-int((i + 1) * val_fraction) > int(i * val_fraction), so one in every 1 / val_fraction, spread evenly
-(with the default 0.1: documents 9, 19, 29, ...). Reading .parquet files needs pyarrow, hf: inputs the
-datasets package (pip install -r requirements-gpt2.txt).
+It writes data/DATASET/train.bin and val.bin (the token ids as raw uint16) and meta.json (the tokenizer, see
+tokenizer.py). A text's first (1 - val_fraction) of characters are the training split, the rest val; documents
+(see documents.py) go whole to one split or the other. The input is streamed, so memory stays flat however
+large it is, and the files appear only once they are complete.
 """
 
 import itertools
@@ -35,7 +19,6 @@ import json
 import os
 import sys
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,11 +27,12 @@ import numpy as np
 from tqdm import tqdm
 
 from configurator import configure, fail
+from documents import batched_documents, document_suffix, is_url, read_documents, split_documents
+from files import make_dir, replaced_atomically
+from tokenizer import GPT2_META, char_lookup, char_meta, code_points, gpt2_encoding, gpt2_safe_cut
 
-GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}  # meta.json of GPT-2's BPE
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CHUNK_CHARS = 1 << 20  # characters read (or documents encoded) at a time: memory stays at a few tens of MB
-DOCUMENT_SUFFIXES = (".jsonl", ".parquet")  # files of documents, as opposed to one text
 
 # -----------------------------------------------------------------------------
 # default config values, overridden by --key=value flags (see configurator.py)
@@ -60,23 +44,13 @@ val_fraction = 0.1  # the share kept for validation: the end of a text, or one i
 
 
 def default_dataset(input, tokenizer):
-    """data/ folder name: nanoGPT's names for Tiny Shakespeare, else the input file's stem."""
+    """data/ folder name: shakespeare_char or shakespeare for Tiny Shakespeare, else the input file's stem."""
     if not input:
         return "shakespeare_char" if tokenizer == "char" else "shakespeare"
     if input.startswith("hf:"):
         input = input[len("hf:"):].partition(":")[0]  # hf:Skylion007/openwebtext -> openwebtext
     stem = os.path.splitext(os.path.basename(input.rstrip("/")))[0] or "text"
     return f"{stem}_char" if tokenizer == "char" else stem
-
-
-def is_url(path):
-    return path.startswith(("http://", "https://"))
-
-
-def document_suffix(path):
-    """'.jsonl' or '.parquet' for a file (or URL) of documents, '' for anything else."""
-    suffix = os.path.splitext(urllib.parse.urlparse(path).path if is_url(path) else path)[1].lower()
-    return suffix if suffix in DOCUMENT_SUFFIXES else ""
 
 
 def download(url, dest):
@@ -131,20 +105,6 @@ def scan(texts, want_alphabet):
     return n_chars, alphabet
 
 
-def code_points(text):
-    if text.isascii():  # one byte per character: a quarter of what UTF-32 moves through memory
-        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-
-
-def char_meta(alphabet, source):
-    """meta.json of the char tokenizer, refusing an alphabet larger than uint16 token ids can number."""
-    if len(alphabet) > 65536:
-        fail(f"{source} has {len(alphabet)} distinct characters, more than the 65536 token ids "
-             f"that uint16 .bin files hold; use --tokenizer=gpt2")
-    return {"tokenizer": "char", "vocab_size": len(alphabet), "chars": alphabet}
-
-
 def split_chunks(path, n_train):
     """Yield (split, text) pieces of path in order: the first n_train characters are 'train', the rest 'val'."""
     position = 0
@@ -158,120 +118,7 @@ def split_chunks(path, n_train):
 
 
 # -----------------------------------------------------------------------------
-# documents: .jsonl, .parquet and Hugging Face datasets, one text at a time
-
-def read_documents(source):
-    """The text of every document of source, in order: a .jsonl or .parquet file, or hf:NAME[:CONFIG]."""
-    if source.startswith("hf:"):
-        return hf_documents(source)
-    return parquet_documents(source) if document_suffix(source) == ".parquet" else jsonl_documents(source)
-
-
-def jsonl_documents(path):
-    with open(path, "rb") as f, tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="reading",
-                                     disable=None) as bar:
-        for line_number, line in enumerate(f, start=1):
-            bar.update(len(line))
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as e:  # not JSON, or not UTF-8
-                fail(f"{path} line {line_number} is not a JSON object ({type(e).__name__}): "
-                     f"a .jsonl file has one JSON object per line")
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                fail(f"{path} line {line_number} has no \"text\" string: each line must be like {{\"text\": \"...\"}}")
-            yield text
-
-
-def parquet_documents(path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        fail("reading .parquet files needs pyarrow: pip install pyarrow")
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow's errors for a file that is not Parquet, or is damaged
-        fail(f"{path} is not a readable Parquet file ({type(e).__name__})")
-    if "text" not in parquet.schema_arrow.names:
-        fail(f"{path} has no \"text\" column (its columns: {', '.join(parquet.schema_arrow.names)})")
-    row = 0
-    with tqdm(total=parquet.metadata.num_rows, unit=" documents", desc="reading", disable=None) as bar:
-        for batch in parquet.iter_batches(batch_size=1024, columns=["text"]):
-            for text in batch.column(0).to_pylist():
-                if not isinstance(text, str):
-                    fail(f"{path} row {row} has a \"text\" of {text!r}, not a string")
-                row += 1
-                yield text
-            bar.update(batch.num_rows)
-
-
-def hf_documents(source):
-    """Stream the train split of a Hugging Face dataset, hf:NAME or hf:NAME:CONFIG, with the datasets package."""
-    name, _, config_name = source[len("hf:"):].partition(":")
-    try:
-        import datasets
-    except ImportError:
-        fail(f"--input={source} needs the datasets package: pip install datasets")
-    try:
-        stream = datasets.load_dataset(name, config_name or None, split="train", streaming=True)
-        for record in tqdm(stream, unit=" documents", desc="reading", disable=None):
-            if not isinstance(record.get("text"), str):
-                fail(f"the dataset {name} has no \"text\" string field (its fields: {', '.join(record)})")
-            yield record["text"]
-    except Exception as e:  # not on the Hub, no connection, a wrong config name, a broken stream...
-        reason = " ".join(line.strip() for line in str(e).splitlines()[:2] if line.strip())
-        fail(f"cannot read the Hugging Face dataset {name}: {type(e).__name__}: {reason}")
-
-
-def split_documents(source, val_fraction):
-    """Yield (split, text) for each document of source: one in every 1 / val_fraction goes to 'val', spread evenly."""
-    n = 0
-    for n, text in enumerate(read_documents(source), start=1):
-        yield "val" if int(n * val_fraction) > int((n - 1) * val_fraction) else "train", text
-    if int(n * val_fraction) == 0:
-        fail(f"{source} has only {n} document(s), too few to split with val_fraction={val_fraction}: one document in "
-             f"every {1 / val_fraction:g} goes to val; use more documents or a larger val_fraction")
-
-
-def batched_documents(documents, n_chars):
-    """Lists of (split, text) documents of about n_chars characters in all (or one longer document)."""
-    batch, size = [], 0
-    for document in documents:
-        batch.append(document)
-        size += len(document[1])
-        if size >= n_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-# -----------------------------------------------------------------------------
-# tokenizers: encoding a whole split, and the (encode, decode) pair that sample.py uses
-
-def char_lookup(alphabet):
-    """A table from code point to token id, for every code point up to the largest in the alphabet."""
-    cps = code_points(alphabet)
-    table = np.zeros(int(cps.max()) + 1, dtype=np.uint16)
-    table[cps] = np.arange(len(cps), dtype=np.uint16)
-    return table
-
-
-def gpt2_safe_cut(text):
-    """
-    The last index at which text can be cut without changing its GPT-2 tokens, or 0 if there is none.
-    GPT-2's pre-tokenizer never joins a lone newline between two non-space characters to its
-    neighbours, so "...x\\n|y..." tokenizes the same in one piece or in two.
-    """
-    i = text.rfind("\n", 0, len(text) - 1)
-    while i > 0:
-        if not text[i - 1].isspace() and not text[i + 1].isspace():
-            return i + 1
-        i = text.rfind("\n", 0, i)
-    return 0
-
+# encoding a split on several threads: tiktoken lets go of the GIL while it encodes
 
 def gpt2_ids(enc, text):
     """GPT-2 token ids of text as uint16, special-token text encoded as ordinary text (as encode_ordinary does)."""
@@ -327,24 +174,6 @@ def in_parallel(fn, items, n_threads):
             yield in_flight.popleft().result()
 
 
-def make_codec(meta):
-    """(encode, decode) for the tokenizer that meta.json describes. encode raises ValueError on text it cannot encode."""
-    if meta["tokenizer"] == "char":
-        chars = meta["chars"]
-        stoi = {ch: i for i, ch in enumerate(chars)}
-
-        def encode(text):
-            missing = sorted(set(text) - stoi.keys())
-            if missing:
-                raise ValueError(f"characters not in the vocabulary: {''.join(missing)!r}")
-            return [stoi[c] for c in text]
-
-        return encode, lambda ids: "".join(chars[i] for i in ids)
-    import tiktoken
-    enc = tiktoken.get_encoding(meta["encoding"])
-    return lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}), enc.decode
-
-
 # -----------------------------------------------------------------------------
 
 def resolve_input(input, out_dir):
@@ -379,8 +208,7 @@ def encode_text(path, tokenizer, val_fraction):
         meta, table = char_meta(alphabet, path), char_lookup(alphabet)
         encode_split = lambda texts: (table[code_points(text)] for text in texts)
     else:
-        import tiktoken
-        enc = tiktoken.get_encoding("gpt2")
+        enc = gpt2_encoding()
         n_threads = os.cpu_count() or 1
         meta = GPT2_META
         encode_split = lambda texts: gpt2_encode_stream(texts, enc, n_threads)
@@ -398,8 +226,7 @@ def encode_documents(source, tokenizer, val_fraction):
             fail(f"{source} has no documents: there is nothing to train on")
         meta, table = char_meta(alphabet, source), char_lookup(alphabet)
         return meta, ((split, table[code_points(text + "\n")]) for split, text in split_documents(source, val_fraction))
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
+    enc = gpt2_encoding()
     return GPT2_META, gpt2_encode_documents(split_documents(source, val_fraction), enc, os.cpu_count() or 1)
 
 
@@ -409,30 +236,23 @@ def prepare(input, out_dir, tokenizer, val_fraction):
         fail(f"unknown tokenizer '{tokenizer}': use --tokenizer=char or --tokenizer=gpt2")
     if not 0 < val_fraction < 1:
         fail(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    os.makedirs(out_dir, exist_ok=True)
+    make_dir(out_dir, "the data folder")
     source = resolve_input(input, out_dir)
     documents = source.startswith("hf:") or document_suffix(source)
     meta, encoded = (encode_documents if documents else encode_text)(source, tokenizer, val_fraction)
-
-    # Write everything to temporary files and move them into place only when all is well,
-    # so that a failure or Ctrl-C never leaves half-written files (or loses the old ones).
-    final = {name: os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")}
-    tmp = {name: path + ".tmp" for name, path in final.items()}
+    # each file is written to a temporary one, and all three are moved into place only when all went well,
+    # so that a failure or Ctrl-C never leaves half-written files (or loses the old ones)
     counts = {"train": 0, "val": 0}
-    try:
-        with open(tmp["train.bin"], "wb") as train_file, open(tmp["val.bin"], "wb") as val_file:
+    with replaced_atomically(os.path.join(out_dir, "train.bin"), "train.bin") as train_tmp, \
+            replaced_atomically(os.path.join(out_dir, "val.bin"), "val.bin") as val_tmp, \
+            replaced_atomically(os.path.join(out_dir, "meta.json"), "meta.json") as meta_tmp:
+        with open(train_tmp, "wb") as train_file, open(val_tmp, "wb") as val_file:
             files = {"train": train_file, "val": val_file}
             for split, ids in encoded:
                 ids.tofile(files[split])
                 counts[split] += len(ids)
-        with open(tmp["meta.json"], "w", encoding="utf-8") as f:
+        with open(meta_tmp, "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
-        for name in final:
-            os.replace(tmp[name], final[name])
-    finally:
-        for name in tmp.values():
-            if os.path.exists(name):
-                os.remove(name)
     return counts
 
 

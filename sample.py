@@ -9,7 +9,7 @@ Sample text from a model that train.py trained, or from OpenAI's GPT-2.
     # GPT-2's weights are downloaded from the Hugging Face Hub, which caches them; they use GPT-2's BPE
 
 The checkpoint carries the model and its tokenizer, so out_dir is all this needs: the data folder may
-be gone. Each sample is printed, then a separator line, as nanoGPT does; a single sample is printed as
+be gone. Each sample is printed, then a separator line; a single sample is printed as
 it is generated. The same seed gives the same text on the same machine.
 """
 
@@ -18,9 +18,12 @@ import sys
 
 import torch
 
-from configurator import configure, fail, mixed_precision, resolve_device, resolve_dtype
-from model import GPT2_MODELS, GPT, load_checkpoint
-from prepare import GPT2_META, make_codec
+from checkpoint import load_checkpoint
+from configurator import configure, fail
+from devices import mixed_precision, resolve_device, resolve_dtype
+from hf_format import GPT2_MODELS
+from model import GPT
+from tokenizer import GPT2_META, make_codec
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (the checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
@@ -33,7 +36,7 @@ top_k = 200  # sample among the top_k most likely tokens only; 0 for all
 top_p = 1.0  # sample among the most likely tokens that make up top_p of the probability; 1.0 for all
 seed = 1337
 device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16 there; float32 elsewhere), 'float32', 'bfloat16', 'float16'
+dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16), 'float32', 'bfloat16', 'float16'
 compile = False  # torch.compile the model (pays off for long samples only)
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
@@ -43,16 +46,6 @@ globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:])
 if init_from not in ("resume", *GPT2_MODELS) and not os.path.isdir(init_from):
     fail(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir), a GPT-2 model "
          f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
-if max_new_tokens < 0:
-    fail(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-if num_samples < 1:
-    fail(f"num_samples must be at least 1, got {num_samples}")
-if temperature <= 0:
-    fail(f"temperature must be above 0, got {temperature}; for nearly greedy sampling use e.g. 0.01 or --top_k=1")
-if top_k < 0:
-    fail(f"top_k must be 0 (off) or more, got {top_k}")
-if not 0 < top_p <= 1:
-    fail(f"top_p must be in (0, 1], got {top_p}")
 if start.startswith("FILE:"):
     prompt_path = start[len("FILE:"):]
     if not os.path.isfile(prompt_path):
@@ -84,8 +77,8 @@ model.to(device)
 if device_type == "cpu":
     model.lay_out_for_sampling()
     if dtype == "float32":
-        # ATen's own GELU rather than oneDNN's: on one token's activations oneDNN's fixed cost per call is
-        # several times the whole of ATen's (bench.py --part=sample); bfloat16 needs oneDNN for its products
+        # ATen's own GELU rather than oneDNN's, whose fixed cost per call dominates on one token's activations
+        # (bench.py --part=sample measures it); bfloat16 needs oneDNN for its products
         torch.backends.mkldnn.enabled = False
 if compile:
     model = torch.compile(model)

@@ -1,46 +1,40 @@
 """
 Train a GPT on the token ids that prepare.py wrote, on a CPU, one GPU, or many through torchrun.
 
-    python train.py                                   # a small model on data/shakespeare_char, minutes on a CPU
-    python train.py config/shakespeare_char_cpu.py    # the best Shakespeare model a CPU trains in 2 minutes
-    python train.py config/shakespeare_char.py        # the 6x6x384 Shakespeare model, under a minute on a GPU
+    python train.py                                   # a small model on data/shakespeare_char, for a laptop CPU
+    python train.py config/shakespeare_char_cpu.py    # the best character-level Shakespeare recipe for a CPU
+    python train.py config/shakespeare_char.py        # the lecture's 6x6x384 Shakespeare model, for a GPU
     python train.py --init_from=resume                # continue from out_dir/ckpt.pt
     python train.py config/finetune_shakespeare.py    # finetune OpenAI's GPT-2 (124M) on Shakespeare
     python train.py config/eval_gpt2.py               # GPT-2's loss on data/openwebtext, without training
     torchrun --standalone --nproc_per_node=4 train.py # data-parallel over 4 processes (GPUs, or CPU with gloo)
 
-Every setting is a module-level value below. Config files (Python files of assignments, e.g.
-config/shakespeare_char.py) and then --key=value flags override them; see configurator.py.
-init_from picks the starting weights: random ('scratch'), out_dir/ckpt.pt ('resume'), OpenAI's GPT-2
-('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', downloaded from the Hugging Face Hub) or a folder in
-Hugging Face's GPT-2 format; pretrained weights bring their own model shape and need a dataset tokenized
-with GPT-2's BPE.
-
-The loop: every eval_interval steps, estimate the train and val loss and save out_dir/ckpt.pt when
-val improves (or always, with always_save_checkpoint); every step, accumulate gradients over
-gradient_accumulation_steps micro-batches, clip them and take an AdamW step on a warmup-then-cosine
-learning rate. The checkpoint is self-contained (weights, model shape, optimizer, progress, config and
-tokenizer), so that sample.py needs nothing but out_dir, and it is read back with weights_only=True.
+Every setting is a module-level value below; config files, then --key=value flags, override them (see
+configurator.py). out_dir gets ckpt.pt (see checkpoint.py), metrics.jsonl and loss.png (see metrics.py).
 """
 
-import json
 import math
 import os
-import signal
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure, fail, mixed_precision, resolve_device, resolve_dtype
-from model import ACTIVATIONS, GPT2_MODELS, GPT, GPTConfig, peak_flops
+from checkpoint import (PRETRAINED_KEYS, TRAINING_KEYS, load_training_state, read_checkpoint, restore_rng_states,
+                        resume_settings, rng_states, save_checkpoint, training_state)
+from configurator import configure, fail
+from dataset import open_dataset
+from devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
+from files import make_dir
+from hf_format import GPT2_MODELS
+from interrupts import catch_stop_signals, stop_requested
+from metrics import MetricsLog, format_duration
+from model import ACTIVATIONS, GPT, GPTConfig
+from tokenizer import model_vocab_size
 
 # -----------------------------------------------------------------------------
 # default config values: a small character-level model that trains in a few minutes on a laptop CPU
@@ -68,7 +62,7 @@ n_head = 4
 n_embd = 128
 dropout = 0.0  # 0 for pretraining, 0.1+ for finetuning or small data
 bias = False  # biases in Linears and LayerNorms
-activation = "gelu"  # the MLP's: 'gelu' (exact, as nanoGPT) or 'gelu_tanh' (GPT-2's approximation, slower on CPUs)
+activation = "gelu"  # the MLP's: 'gelu' (exact) or 'gelu_tanh' (GPT-2's approximation)
 rotary = False  # rotary position embeddings instead of learned ones
 qk_norm = False  # RMSNorm on queries and keys
 attn_scale = 1.0  # attention logits times this (above 1: sharper attention, for qk_norm)
@@ -89,71 +83,36 @@ min_lr = 1e-4  # ~= learning_rate / 10 per Chinchilla
 # system
 backend = "auto"  # torch.distributed backend: 'auto' picks nccl for CUDA, gloo for CPU
 device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16 there; float32 elsewhere), 'float32', 'bfloat16', 'float16'
+dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16), 'float32', 'bfloat16', 'float16'
 compile = None  # torch.compile the model; None: on for CUDA, off elsewhere
-fsdp = False  # under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2) instead of DDP
+fsdp = False  # under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2)
 seed = 1337
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
-config = configure({k: globals()[k] for k in config_keys}, sys.argv[1:])
+config_keys = [k for k, v in globals().items()
+               if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
+config = configure({k: globals()[k] for k in config_keys}, sys.argv[1:])  # also checks each value's range
 globals().update(config)
 # -----------------------------------------------------------------------------
-# check the settings before anything slow happens
+# the settings that depend on each other, and the data, checked before anything slow happens
 
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "activation", "rotary", "qk_norm",
-              "attn_scale")
-CHECKPOINT_KEYS = {"model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "best_iter", "config",
-                   "tokenizer", "rng_cpu", "rng_cuda"}
 if init_from not in ("scratch", "resume", *GPT2_MODELS) and not os.path.isdir(init_from):
     fail(f"unknown init_from '{init_from}': use 'scratch', 'resume', a GPT-2 model ({', '.join(GPT2_MODELS)}) "
          f"or a folder in Hugging Face's GPT-2 format")
 if n_embd % n_head != 0:
     fail(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
-if attn_scale <= 0:
-    fail(f"attn_scale must be above 0, got {attn_scale}")
 if rotary and n_embd // n_head % 2:
     fail(f"rotary=True turns channels in pairs: the head size n_embd // n_head ({n_embd // n_head}) must be even")
 if activation not in ACTIVATIONS:
     fail(f"unknown activation '{activation}': use {', '.join(ACTIVATIONS)}")
 if fsdp and muon_learning_rate:
-    fail("fsdp=True cannot train with Muon, which needs each matrix whole: use DDP (fsdp=False) or muon_learning_rate=0")
+    fail("fsdp=True cannot train with Muon, which needs each matrix whole: "
+         "use DDP (fsdp=False) or muon_learning_rate=0")
 if compile not in (None, True, False):
     fail(f"compile must be True or False, got {compile!r}")
-for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps", "eval_interval",
-            "eval_iters", "log_interval"):
-    if config[key] < 1:
-        fail(f"{key} must be at least 1, got {config[key]}")
-data_dir = os.path.join("data", dataset)
-missing = [name for name in ("train.bin", "val.bin", "meta.json") if not os.path.exists(os.path.join(data_dir, name))]
-if missing:
-    how = "python prepare.py" if dataset == "shakespeare_char" else f"python prepare.py --input=YOUR_TEXT --dataset={dataset}"
-    fail(f"dataset '{dataset}' is not prepared: {data_dir}/{missing[0]} is missing; make it with: {how}")
-with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
-    meta = json.load(f)
-split_tokens = {split: os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // 2 for split in ("train", "val")}
-for split, n_tokens in split_tokens.items():
-    if n_tokens <= block_size:
-        fail(f"block_size={block_size} is too long for {data_dir}/{split}.bin, which has {n_tokens} tokens; "
-             f"use a smaller --block_size or more text")
+data_dir, meta, split_tokens = open_dataset(dataset, block_size)
 
-# -----------------------------------------------------------------------------
-# Ctrl-C (SIGINT), or SIGTERM as clusters send before preempting a job: finish the current step, save a
-# checkpoint and exit (a signal during start-up counts for the first step); a second signal quits at once.
-signal_received = False  # set by the handler alone: the loop reads it, never writes it
-
-
-def on_signal(signum, frame):
-    global signal_received
-    if signal_received:
-        sys.exit(f"{signal.Signals(signum).name} again: quitting at once, without saving")
-    signal_received = True
-    if int(os.environ.get("RANK", 0)) == 0:  # one message, not one per process
-        print(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-              f"(send it again to quit at once)", flush=True)
-
-
-signal.signal(signal.SIGINT, on_signal)
-signal.signal(signal.SIGTERM, on_signal)
+# Ctrl-C or SIGTERM: finish the current step, save a checkpoint and exit (see interrupts.py)
+catch_stop_signals(announce=int(os.environ.get("RANK", 0)) == 0)
 
 # -----------------------------------------------------------------------------
 # processes and devices
@@ -176,7 +135,8 @@ if ddp:
     dist.init_process_group(backend=backend)
     master_process = ddp_rank == 0  # logs and writes checkpoints
     if fsdp and dtype == "float16":
-        fail("fsdp=True trains in bfloat16 or float32: use --dtype=bfloat16 (float16 would need a sharded gradient scaler)")
+        fail("fsdp=True trains in bfloat16 or float32: use --dtype=bfloat16 "
+             "(float16 would need a sharded gradient scaler)")
     if gradient_accumulation_steps % ddp_world_size != 0 and batch_size % ddp_world_size != 0:
         fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
              f"of processes ({ddp_world_size}), or else batch_size ({batch_size}) must be")
@@ -185,7 +145,7 @@ else:
         fail("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
     ddp_rank, ddp_world_size, master_process = 0, 1, True
 # Each step trains on gradient_accumulation_steps x batch_size sequences in all, shared out among the
-# processes: as in nanoGPT, each process takes a share of the micro-batches; where they do not divide,
+# processes: each process takes a share of the micro-batches; where they do not divide,
 # each process takes a share of every micro-batch instead (so that the default runs under torchrun too).
 if gradient_accumulation_steps % ddp_world_size == 0:
     micro_steps, micro_batch = gradient_accumulation_steps // ddp_world_size, batch_size
@@ -195,7 +155,7 @@ tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
 if compile is None:
     compile = device_type == "cuda"
 if master_process:
-    os.makedirs(out_dir, exist_ok=True)
+    make_dir(out_dir, "out_dir")
     print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es){' (FSDP)' if fsdp else ''}, compile {compile}")
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
 
@@ -213,7 +173,8 @@ SPLIT_STREAMS = {"train": 0, "val": 1, "train_eval": 2}
 def get_batch(split, n, *key):
     """n sequences (x, y) of split; `key` picks which (the same key gives the same batch)."""
     # a fresh memmap per batch: a long-lived one grows in memory (https://stackoverflow.com/q/45132940)
-    data = np.memmap(os.path.join(data_dir, f"{'val' if split == 'val' else 'train'}.bin"), dtype=np.uint16, mode="r")
+    path = os.path.join(data_dir, "val.bin" if split == "val" else "train.bin")
+    data = np.memmap(path, dtype=np.uint16, mode="r")
     rng = np.random.default_rng([seed, SPLIT_STREAMS[split], *key])
     starts = rng.integers(0, len(data) - block_size, size=n)
     windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (n, T+1)
@@ -238,41 +199,20 @@ def train_batches(iter_num):
 # -----------------------------------------------------------------------------
 # model and optimizer
 
-# GPT-2's 50257 tokens are padded to a multiple of 64, as in nanoGPT, for faster matrix products
-vocab_size = meta["vocab_size"] if meta["tokenizer"] == "char" else math.ceil(meta["vocab_size"] / 64) * 64
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  vocab_size=vocab_size, dropout=dropout, activation=activation, rotary=rotary, qk_norm=qk_norm,
-                  attn_scale=attn_scale)
+                  vocab_size=model_vocab_size(meta), dropout=dropout, activation=activation, rotary=rotary,
+                  qk_norm=qk_norm, attn_scale=attn_scale)
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
-PRETRAINED_KEYS = tuple(k for k in MODEL_KEYS if k != "block_size")  # a pretrained model brings its own
 pretrained = None if init_from in ("scratch", "resume") else init_from  # where the weights started, if not random
-iter_num = 0
-best_val_loss = float("inf")
-best_iter = 0  # the iteration of best_val_loss
+iter_num, best_val_loss, best_iter = 0, float("inf"), 0  # best_iter: the iteration of best_val_loss
 checkpoint = None
 if init_from == "resume":
-    if not os.path.exists(ckpt_path):
-        fail(f"cannot resume: there is no checkpoint at {ckpt_path}; train from scratch first, or set --out_dir")
     try:
-        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-    except Exception as e:  # truncated, corrupted, or not a checkpoint at all
-        fail(f"cannot resume: {ckpt_path} is not a readable checkpoint ({type(e).__name__}); "
-             f"it may be truncated or corrupted")
-    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
-        fail(f"cannot resume: {ckpt_path} was not written by this train.py (it lacks some of {sorted(CHECKPOINT_KEYS)})")
-    pretrained = checkpoint.get("pretrained")
-    # a checkpoint from before an architecture option existed was trained with GPTConfig's default for it
-    saved_args = {**asdict(GPTConfig()), **checkpoint["model_args"]}
-    if pretrained:  # the shape came from the pretrained model, not from this config
-        model_args.update({k: saved_args[k] for k in PRETRAINED_KEYS})
-    different = [f"{k}={saved_args[k]!r} (asked {model_args[k]!r})" for k in MODEL_KEYS if saved_args[k] != model_args[k]]
-    if different:
-        fail(f"cannot resume: the checkpoint's model differs: {', '.join(different)}; "
-             f"use the settings it was trained with, or a new --out_dir")
-    # settings newer than the checkpoint are not changes
-    changed = [f"{k} {checkpoint['config'][k]!r} -> {v!r}" for k, v in config.items()
-               if k != "init_from" and k in checkpoint["config"] and checkpoint["config"][k] != v]
-    iter_num = checkpoint["iter_num"]
+        checkpoint = read_checkpoint(ckpt_path, TRAINING_KEYS, device)
+        model_args, changed = resume_settings(checkpoint, model_args, config)
+    except ValueError as e:
+        fail(f"cannot resume: {e}")
+    pretrained, iter_num = checkpoint.get("pretrained"), checkpoint["iter_num"]
     best_val_loss, best_iter = checkpoint["best_val_loss"], checkpoint["best_iter"]
     if master_process:
         print(f"resuming from {ckpt_path} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
@@ -294,9 +234,8 @@ else:
         fail(f"block_size={block_size} is longer than the {model.config.block_size} positions of {init_from}; "
              f"use --block_size={model.config.block_size} or less")
     if master_process:
-        print(f"initializing from {init_from}: n_layer={model.config.n_layer}, n_head={model.config.n_head}, "
-              f"n_embd={model.config.n_embd}, vocab_size={model.config.vocab_size}, block_size "
-              f"{model.config.block_size} -> {block_size}")
+        shape = ", ".join(f"{k}={getattr(model.config, k)}" for k in ("n_layer", "n_head", "n_embd", "vocab_size"))
+        print(f"initializing from {init_from}: {shape}, block_size {model.config.block_size} -> {block_size}")
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
     model_args.update({k: getattr(model.config, k) for k in PRETRAINED_KEYS})
@@ -306,24 +245,18 @@ if checkpoint is not None:
 model.to(device)
 if master_process:
     print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
-if fsdp:
-    # each block's parameters, gradients and optimizer state are split over the processes and gathered
-    # only while the block computes; then the rest (embeddings, final LayerNorm, the tied head)
-    for block in model.transformer.h:
-        fully_shard(block)
-    fully_shard(model)
+if fsdp:  # each block's weights, gradients and optimizer state split over the processes, then the rest's
+    for module in (*model.transformer.h, model):
+        fully_shard(module)  # gathered whole only while it computes
 
 # fp16 needs its gradients scaled up to stay representable; a no-op for other dtypes
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16" and device_type != "mps")
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon_learning_rate,
                                        muon_momentum)
 if checkpoint is not None:
-    # the optimizer state is stored by parameter name, whole, so that any process layout can read it
-    set_optimizer_state_dict(model, optimizer, checkpoint["optimizer"], options=StateDictOptions(full_state_dict=True))
+    load_training_state(model, optimizer, checkpoint["optimizer"], fsdp)
     scaler.load_state_dict(checkpoint["scaler"])
-    torch.set_rng_state(checkpoint["rng_cpu"][ddp_rank % len(checkpoint["rng_cpu"])].cpu())
-    if device_type == "cuda" and checkpoint["rng_cuda"]:
-        torch.cuda.set_rng_state(checkpoint["rng_cuda"][ddp_rank % len(checkpoint["rng_cuda"])].cpu())
+    restore_rng_states(checkpoint, ddp_rank, device)
 checkpoint = None  # free the memory
 
 raw_model = model  # what gets saved: never the compiled or DDP wrapper
@@ -363,130 +296,16 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-def save_checkpoint():
-    """Write ckpt.pt atomically: a crash mid-write leaves the previous checkpoint intact."""
-    # whole tensors on the CPU, by parameter name: readable by one process, DDP or FSDP alike
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    checkpoint = {
-        "model": get_model_state_dict(raw_model, options=options),
-        "model_args": model_args,
-        "optimizer": get_optimizer_state_dict(raw_model, optimizer, options=options),
-        "scaler": scaler.state_dict(),
-        "iter_num": iter_num,
-        "best_val_loss": best_val_loss,
-        "best_iter": best_iter,
-        "config": config,
-        "tokenizer": meta,
-        "pretrained": pretrained,
-        "rng_cpu": gather_rng_states(torch.get_rng_state()),
-        "rng_cuda": gather_rng_states(torch.cuda.get_rng_state(device)) if device_type == "cuda" else [],
-    }
-    if not master_process:
-        return
-    tmp_path = ckpt_path + ".tmp"
-    with open(tmp_path, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_path, ckpt_path)
-    print(f"saving checkpoint to {ckpt_path}")
-
-
-def gather_rng_states(state):
-    """Every process's RNG state, so that dropout continues exactly after a resume."""
-    if not ddp:
-        return [state]
-    states = [None] * ddp_world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
-# -----------------------------------------------------------------------------
-# metrics: out_dir/metrics.jsonl holds one JSON object per logged iteration ("kind": "iter") and per
-# evaluation ("kind": "eval"); out_dir/loss.png is drawn from them at every evaluation. Rank 0 alone writes
-# them, and an eval_only run leaves them alone.
-
-metrics_path = os.path.join(out_dir, "metrics.jsonl")
-plot_path = os.path.join(out_dir, "loss.png")
-write_metrics = master_process and not eval_only
-
-
-def earlier_metrics():
-    """A resumed run continues the metrics of the run it resumes: the records from before its iteration."""
-    if init_from != "resume" or not os.path.exists(metrics_path):
-        return []
-    records = []
-    with open(metrics_path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
-    # records at or after the checkpoint's iteration belong to a continuation that this run replaces
-    return [r for r in records if r["iter"] < iter_num]
-
-
-def log_metrics(**record):
-    record["elapsed"] = round(elapsed_before + time.time() - run_start, 3)
-    metrics.append(record)
-    metrics_file.write(json.dumps(record) + "\n")
-    metrics_file.flush()
-
-
-def plot_losses():
-    """Draw loss.png: the training loss of each logged batch, the evaluated train and val loss, the best val."""
-    import matplotlib
-    matplotlib.use("Agg")  # draw to files, no display needed
-    import matplotlib.pyplot as plt
-    steps = [r for r in metrics if r["kind"] == "iter"]
-    evals = [r for r in metrics if r["kind"] == "eval"]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    ax.plot([r["iter"] for r in steps], [r["train_loss"] for r in steps], color="tab:blue", alpha=0.3, lw=0.8,
-            label="train loss (one batch)")
-    ax.plot([r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", color="tab:blue", ms=3,
-            label=f"train loss ({eval_iters} batches)")
-    ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange", ms=3,
-            label=f"val loss ({eval_iters} batches)")
-    best = min(evals, key=lambda r: r["val_loss"])
-    ax.plot(best["iter"], best["val_loss"], "*", color="tab:red", ms=14,
-            label=f"best val loss {best['val_loss']:.4f} at iter {best['iter']}")
-    # the first evaluations sit near ln(vocab_size); keep the scale for the part of the run worth reading
-    later = [r["val_loss"] for r in evals[1:]] + [r["train_loss"] for r in steps[len(steps) // 10:]]
-    if later:
-        ax.set_ylim(min(later + [best["val_loss"]]) * 0.97, max(later) * 1.05)
-    tokens = ax.secondary_xaxis("top", functions=(lambda i: i * tokens_per_iter / 1e6,
-                                                  lambda t: t * 1e6 / tokens_per_iter))
-    tokens.set_xlabel("tokens seen (millions)")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy loss")
-    ax.set_title(f"{dataset}: {model_args['n_layer']} layers x {model_args['n_embd']}, "
-                 f"{raw_model.get_num_params() / 1e6:.2f}M parameters",
-                 fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp_path = plot_path + ".tmp"
-    fig.savefig(tmp_path, format="png")
-    plt.close(fig)
-    os.replace(tmp_path, plot_path)
-
-
-def format_duration(seconds):
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
-# -----------------------------------------------------------------------------
-# training loop
-
-if wandb_log and master_process:
-    try:
-        import wandb
-    except ImportError:
-        fail("wandb_log=True needs the wandb package: pip install wandb (or leave wandb_log off)")
-    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-
+def write_checkpoint():
+    """Save ckpt.pt: every process takes part (FSDP gathers the shards), rank 0 writes."""
+    model_state, optimizer_state = training_state(raw_model, optimizer, fsdp)
+    rng = rng_states(device)  # every process's, so that dropout continues exactly after a resume
+    if master_process:
+        save_checkpoint(ckpt_path, {
+            "model": model_state, "model_args": model_args, "optimizer": optimizer_state,
+            "scaler": scaler.state_dict(), "iter_num": iter_num, "best_val_loss": best_val_loss,
+            "best_iter": best_iter, "config": config, "tokenizer": meta, "pretrained": pretrained, **rng})
+        print(f"saving checkpoint to {ckpt_path}")
 
 
 def check_finite(loss, what):
@@ -497,14 +316,15 @@ def check_finite(loss, what):
              f"Try a lower learning_rate, or grad_clip=1.0")
 
 
+# -----------------------------------------------------------------------------
+# training loop
+
+metrics = None  # rank 0 records the run (metrics.jsonl, loss.png, wandb), unless it only evaluates
+if master_process and not eval_only:
+    title = f"{dataset}: {n_layer} layers x {n_embd}, {raw_model.get_num_params() / 1e6:.2f}M parameters"
+    metrics = MetricsLog(out_dir, iter_num if init_from == "resume" else None, title,
+                         (wandb_project, wandb_run_name, config) if wandb_log else None)
 peak = peak_flops(device, dtype) if master_process else 0.0
-if write_metrics:
-    metrics = earlier_metrics()
-    elapsed_before = metrics[-1]["elapsed"] if metrics else 0.0  # a resumed run's clock continues
-    with open(metrics_path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in metrics)
-    os.replace(metrics_path + ".tmp", metrics_path)
-    metrics_file = open(metrics_path, "a", encoding="utf-8")
 batches = train_batches(iter_num)
 X, Y = next(batches)  # fetch the very first batch
 run_start = t0 = time.time()
@@ -525,15 +345,11 @@ while True:
             best_val_loss, best_iter = losses["val"], iter_num
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        if write_metrics:
-            log_metrics(kind="eval", iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
+        if metrics:
+            metrics.log(kind="eval", iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
                         val_loss=losses["val"], lr=lr)
-            plot_losses()
-        if master_process and wandb_log:
-            wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
-                       "mfu": running_mfu * 100})
         if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
-            save_checkpoint()
+            write_checkpoint()
     if iter_num >= max_iters or eval_only:
         break
 
@@ -563,7 +379,7 @@ while True:
     dt = t1 - t0
     t0 = t1
     if local_iter_num == 0:
-        first_step_end = t1  # the estimate of the time left leaves out the first step: it carries start-up and compiling
+        first_step_end = t1  # the time left is estimated without the first step, which carries start-up
         if compile and master_process:
             print(f"compiled: the first evaluation and step took {t1 - run_start:.1f}s")
     if iter_num % log_interval == 0:
@@ -580,31 +396,24 @@ while True:
                 seconds_left = (t1 - first_step_end) / local_iter_num * (max_iters - iter_num - 1)
                 eta = f", eta {format_duration(seconds_left)}"
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%{eta}")
-            log_metrics(kind="iter", iter=iter_num, tokens=(iter_num + 1) * tokens_per_iter, train_loss=lossf, lr=lr,
+            metrics.log(kind="iter", iter=iter_num, tokens=(iter_num + 1) * tokens_per_iter, train_loss=lossf, lr=lr,
                         tokens_per_sec=round(tokens_per_iter / dt), mfu=round(max(running_mfu, 0.0), 4))
     iter_num += 1
     local_iter_num += 1
-    interrupted = signal_received
-    if ddp:  # stop together: a process that saved alone would wait forever for the others
-        stop = torch.tensor(float(interrupted), device=device)
-        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        interrupted = stop.item() > 0
-    if interrupted:
-        save_checkpoint()
+    if stop_requested(device):  # all processes agree, since each takes part in saving
+        write_checkpoint()
         if master_process:
             print(f"interrupted at iter {iter_num}: checkpoint saved to {ckpt_path}; "
                   f"continue with --init_from=resume")
         break
 
-if write_metrics:
-    metrics_file.close()
+if metrics:
+    metrics.close()
 if master_process:
     if local_iter_num > 0:
         wall = time.time() - run_start
         print(f"done: best val loss {best_val_loss:.4f} at iter {best_iter}, {format_duration(wall)}, "
               f"{local_iter_num * tokens_per_iter / wall:,.0f} tokens/s")
-    if wandb_log:
-        wandb.finish()
 if ddp:
     dist.barrier()  # no process tears down its process group while another may still use it
     dist.destroy_process_group()

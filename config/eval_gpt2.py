@@ -1,6 +1,5 @@
-# Evaluate OpenAI's gpt2 (124M parameters) on data/openwebtext without training, as nanoGPT's
-# config/eval_gpt2.py: python train.py config/eval_gpt2.py
-# nanoGPT measured train loss 3.11, val loss 3.12 on OpenWebText.
+# Evaluate OpenAI's gpt2 (124M parameters) on data/openwebtext without training:
+#   python train.py config/eval_gpt2.py
 # The data, once: python prepare.py --input=hf:Skylion007/openwebtext --tokenizer=gpt2 --val_fraction=0.0005
 batch_size = 8
 block_size = 1024  # GPT-2's whole context

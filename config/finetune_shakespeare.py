@@ -1,9 +1,9 @@
-# Finetune OpenAI's GPT-2 (124M) on Tiny Shakespeare, as nanoGPT's config/finetune_shakespeare.py:
+# Finetune OpenAI's GPT-2 (124M) on Tiny Shakespeare:
 #   python prepare.py --tokenizer=gpt2 && python train.py config/finetune_shakespeare.py
 #   python sample.py --start="ROMEO:"
-# Minutes on a GPU; a CPU takes hours. init_from='gpt2-xl' (1.5B) is nanoGPT's choice, for a big GPU.
+# Made for a GPU; init_from='gpt2-xl' (1.5B) needs a big one.
 
-# out_dir stays 'out' (nanoGPT: out-shakespeare) so that a plain `python sample.py` finds the model
+# out_dir stays 'out' so that a plain `python sample.py` finds the model
 eval_interval = 5
 eval_iters = 40
 log_interval = 1
@@ -20,7 +20,7 @@ always_save_checkpoint = False
 
 # the number of examples per iter:
 # 1 batch_size * 32 grad_accum * 1024 tokens = 32,768 tokens/iter
-# shakespeare has 301,966 tokens, so 1 epoch ~= 9.2 iters
+# data/shakespeare's train split is about 9 such iterations
 batch_size = 1
 gradient_accumulation_steps = 32
 max_iters = 20
@@ -28,4 +28,4 @@ max_iters = 20
 # finetune at constant LR
 learning_rate = 3e-5
 decay_lr = False
-beta2 = 0.95  # nanoGPT's default
+beta2 = 0.95  # GPT-2's

@@ -1,15 +1,14 @@
-# The best character-level Shakespeare model a CPU can train in the time nanoGPT's CPU command takes
-# (about 2 minutes on 2 cores): python prepare.py && python train.py config/shakespeare_char_cpu.py
-# nanoGPT's command reaches a val loss of about 1.90 in that time; this reaches about 1.59 (see README, "Measured").
-# What makes the difference, each measured with bench.py --part=ablation:
+# The best character-level Shakespeare model we found for a CPU in the time the default config takes:
+#   python prepare.py && python train.py config/shakespeare_char_cpu.py
+# Beyond the default, each part measured with bench.py --part=ablation (docs/measurements.md):
 # - Muon for the transformer blocks' matrices (AdamW for the embedding and gains): far more progress per step;
-# - rotary position embeddings and QK-norm, with attention logits 1.5x the usual scale;
+# - rotary position embeddings and QK-norm, with attention logits above the usual scale;
 # - 3 layers instead of 4; sequences of 128 characters in batches of 24, so 500 steps see as many
-#   characters as nanoGPT's 2000 steps of 12 x 64.
+#   characters as the default's 2000 steps of 12 x 64.
 
 # out_dir stays 'out' so that a plain `python sample.py` finds the model
-eval_interval = 500  # evaluate at the end only: evaluations take time from training, and the loss at the start
-eval_at_start = False  # is ln(65) = 4.17 (its 40 batches would take 2-3 s)
+eval_interval = 500  # evaluate at the end only: evaluations take time from training
+eval_at_start = False  # the loss at the start is ln(65) = 4.17
 eval_iters = 20
 log_interval = 10
 always_save_checkpoint = False
@@ -25,7 +24,7 @@ dropout = 0.0
 bias = False
 rotary = True
 qk_norm = True
-attn_scale = 1.5  # QK-norm caps the logits at sqrt(head size) = 5.7, too flat for 4 heads of 32: 0.016 lower val loss
+attn_scale = 1.5  # QK-norm caps the logits at sqrt(head size) = 5.7, too flat for 4 heads of 32
 
 learning_rate = 3e-3  # AdamW's, for the embedding (which is also the output layer) and the norm gains
 muon_learning_rate = 0.05

@@ -1,4 +1,4 @@
-# GPT-2 (124M) from scratch, as nanoGPT's config/train_gpt2.py: ~300B tokens, a few days on 8 A100s.
+# GPT-2 (124M) from scratch, on about 300B tokens, for a machine of 8 GPUs.
 # The data: GPT-2 BPE token ids in data/openwebtext/{train,val}.bin, e.g. from your own corpus with
 #   python prepare.py --input=corpus.txt --tokenizer=gpt2 --dataset=openwebtext
 # then: torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py

@@ -73,3 +73,24 @@ def test_config_file_errors_are_one_line(tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("batch_size = 1 / 0\n")
     assert "ZeroDivisionError" in error_of([str(broken)])
+
+
+def test_values_outside_their_range_are_refused_with_the_range():
+    defaults = dict(batch_size=12, dropout=0.0, top_p=1.0, temperature=0.8, max_new_tokens=500, attn_scale=1.0)
+    error = lambda *argv: pytest.raises(SystemExit, configure, defaults, list(argv)).value.code
+    assert error("--batch_size=0") == "error: batch_size must be at least 1, got 0"
+    assert error("--dropout=1.5") == "error: dropout must be in [0, 1), got 1.5"
+    assert error("--dropout=-0.1") == "error: dropout must be in [0, 1), got -0.1"
+    assert error("--top_p=0") == "error: top_p must be in (0, 1], got 0.0"
+    assert error("--max_new_tokens=-5") == "error: max_new_tokens must be 0 or more, got -5"
+    assert error("--attn_scale=1e999") == "error: attn_scale must be above 0, got inf"
+    assert error("--temperature=0").endswith("; for nearly greedy sampling use e.g. 0.01 or --top_k=1")
+    assert configure(defaults, ["--dropout=0", "--top_p=1", "--batch_size=1"])["top_p"] == 1.0  # the ends it includes
+
+
+def test_every_range_is_well_formed():
+    from configurator import RANGES
+    for key, spec in RANGES.items():
+        interval = spec.partition("; ")[0]
+        low, high = (float(end) for end in interval[1:-1].split(", "))
+        assert interval[0] in "[(" and interval[-1] in "])" and low < high, key

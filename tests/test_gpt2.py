@@ -15,8 +15,11 @@ import pytest
 import torch
 
 import prepare
+import tokenizer
 from conftest import ROOT, TINY, RunsCode, assert_clean_error, needs_gpt2_bpe, parse_losses, run_script, sample_text
-from model import GPT, GPTConfig, load_checkpoint
+from checkpoint import load_checkpoint
+from hf_format import save_pretrained
+from model import GPT, GPTConfig
 
 transformers = pytest.importorskip("transformers")
 GPT2Config, GPT2LMHeadModel, GPT2Model = transformers.GPT2Config, transformers.GPT2LMHeadModel, transformers.GPT2Model
@@ -61,7 +64,7 @@ def gpt2_data(tmp_path_factory):
 
 
 # -----------------------------------------------------------------------------
-# model.py: from_pretrained and save_pretrained
+# hf_format.py: GPT.from_pretrained and save_pretrained
 
 @pytest.mark.parametrize("weights, cls", [("model.safetensors", GPT2LMHeadModel),
                                           ("pytorch_model.bin", GPT2LMHeadModel), ("model.safetensors", GPT2Model)])
@@ -98,7 +101,7 @@ def test_save_pretrained_is_read_by_transformers_and_back(tmp_path, bias, activa
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=71, bias=bias,
                           activation=activation))
-    model.save_pretrained(str(tmp_path / "hf"))
+    save_pretrained(model, str(tmp_path / "hf"))
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["n_positions"] == 24 and config["vocab_size"] == 71
@@ -124,7 +127,7 @@ def test_a_gpt2_with_the_exact_gelu_loads_with_it(tmp_path):
 def test_options_beyond_gpt2_cannot_be_saved_in_its_format(tmp_path, option):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50, **option))
     with pytest.raises(ValueError, match="GPT-2's format cannot hold this model: it uses"):
-        model.save_pretrained(str(tmp_path / "hf"))
+        save_pretrained(model, str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
 
 
@@ -200,7 +203,7 @@ def test_missing_packages_say_how_to_install_them(monkeypatch, gpt2_folder, tmp_
     with pytest.raises(ImportError, match="needs safetensors: pip install safetensors"):
         GPT.from_pretrained(str(gpt2_folder))
     with pytest.raises(ImportError, match="needs safetensors: pip install safetensors"):
-        GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10)).save_pretrained(str(tmp_path))
+        save_pretrained(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10)), str(tmp_path))
 
 
 # -----------------------------------------------------------------------------
@@ -269,7 +272,7 @@ def char_checkpoint(gpt2_data):
     rotary_args = dict(model_args, vocab_size=50304, rotary=True)
     (gpt2_data / "rotary-out").mkdir()
     torch.save({"model": GPT(GPTConfig(**rotary_args)).state_dict(), "model_args": rotary_args,
-                "tokenizer": prepare.GPT2_META}, gpt2_data / "rotary-out" / "ckpt.pt")
+                "tokenizer": tokenizer.GPT2_META}, gpt2_data / "rotary-out" / "ckpt.pt")
     prepare.prepare(str(gpt2_data / "text.txt"), str(gpt2_data / "data" / "chars"), "char", 0.1)
     return gpt2_data
 

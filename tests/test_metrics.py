@@ -65,6 +65,16 @@ def test_metrics_file_plot_eta_and_summary(char_data):
     assert not list((char_data / "out").glob("*.tmp"))
 
 
+def test_metrics_py_redraws_the_plot_from_a_finished_run(char_data):
+    train(char_data, "--max_iters=10")
+    plot = char_data / "out" / "loss.png"
+    plot.unlink()
+    result = run_script("metrics.py", "out/metrics.jsonl", cwd=char_data)
+    assert result.returncode == 0, result.stderr
+    png = plot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (800, 450) and len(png) > 20_000
+
+
 def test_a_resumed_run_continues_the_metrics(char_data):
     train(char_data, "--max_iters=20")
     first = read_metrics(char_data)

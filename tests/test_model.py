@@ -255,7 +255,7 @@ def test_kv_cache_greedy_equals_recomputing_with_every_option(prompt_len):
 
 
 def test_orthogonalize_sets_every_singular_value_near_one():
-    from model import orthogonalize
+    from muon import orthogonalize
     torch.manual_seed(0)
     for shape in [(3, 32, 96), (3, 96, 32), (2, 48, 48)]:
         # a badly conditioned gradient: singular values spread over two orders of magnitude
@@ -271,7 +271,7 @@ def test_orthogonalize_sets_every_singular_value_near_one():
 
 
 def test_muon_trains_the_blocks_matrices_and_adamw_the_rest():
-    from model import Muon
+    from muon import Muon
     model = tiny(bias=False)
     optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", muon_learning_rate=0.05)
     assert isinstance(optimizer, Muon)
@@ -296,7 +296,7 @@ def test_muon_trains_the_blocks_matrices_and_adamw_the_rest():
 
 
 def test_muon_orthogonalizes_same_shaped_matrices_as_if_one_at_a_time():
-    from model import Muon, orthogonalize
+    from muon import Muon, orthogonalize
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)]
     grads = [torch.randn(8, 4) for _ in params]
@@ -312,7 +312,7 @@ def test_muon_orthogonalizes_same_shaped_matrices_as_if_one_at_a_time():
 
 
 def test_muon_steps_its_adamw_groups_as_torch_adamw_does():
-    from model import Muon
+    from muon import Muon
     torch.manual_seed(0)
     shapes = [(6, 5), (5,), (3, 4)]
     ours = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import prepare
+import tokenizer
 from conftest import (SHAKESPEARE, assert_clean_error, needs_gpt2_bpe, needs_shakespeare, run_script,
                       sample_text)
 
@@ -39,7 +40,7 @@ def test_char_level_matches_nanogpt_and_decodes_back(tmp_path):
     assert meta == {"tokenizer": "char", "vocab_size": len(chars), "chars": "".join(chars)}
     assert ids["train"].tolist() == train and ids["val"].tolist() == val
     assert f"train has {len(train):,} tokens" in result.stdout
-    encode, decode = prepare.make_codec(meta)
+    encode, decode = tokenizer.make_codec(meta)
     assert decode(ids["train"].tolist() + ids["val"].tolist()) == text
     assert encode("café") == [chars.index(c) for c in "café"]
     with pytest.raises(ValueError, match="'~\u1234'"):
@@ -86,7 +87,7 @@ def test_gpt2_tokenizer(tmp_path):
     n_train = int(len(text) * 0.8)
     assert ids["train"].tolist() == enc.encode_ordinary(text[:n_train])
     assert ids["val"].tolist() == enc.encode_ordinary(text[n_train:])
-    encode, decode = prepare.make_codec(meta)
+    encode, decode = tokenizer.make_codec(meta)
     assert decode(encode("Hello<|endoftext|>")) == "Hello<|endoftext|>"
 
 
@@ -224,7 +225,7 @@ def test_jsonl_parquet_and_hf_documents_give_the_same_gpt2_tokens(tmp_path, monk
     prepare.prepare(str(tmp_path / "docs.parquet"), str(tmp_path / "data" / "parquet"), "gpt2", 0.2)
     for name in ("docs", "hub_docs", "parquet"):
         ids, meta = read_dataset(tmp_path / "data" / name)
-        assert meta == prepare.GPT2_META
+        assert meta == tokenizer.GPT2_META
         assert ids["train"].tolist() == train and ids["val"].tolist() == val, name
 
 
@@ -236,7 +237,7 @@ def test_char_documents_from_a_url_end_with_a_newline(tmp_path, http_server):
     assert (folder / "input.jsonl").read_bytes() == (tmp_path / "www" / "docs.jsonl").read_bytes()
     ids, meta = read_dataset(folder)
     assert meta["chars"] == "".join(sorted(set("".join(DOCUMENTS) + "\n")))
-    _, decode = prepare.make_codec(meta)
+    _, decode = tokenizer.make_codec(meta)
     train, val = split_every_fifth(DOCUMENTS, lambda text: list(text + "\n"))
     assert decode(ids["train"].tolist()) == "".join(train) and decode(ids["val"].tolist()) == "".join(val)
 

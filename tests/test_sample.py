@@ -81,4 +81,4 @@ def test_a_checkpoint_that_runs_code_is_never_unpickled(tmp_path):
 def test_a_foreign_checkpoint_is_a_clean_error(tmp_path):
     (tmp_path / "out").mkdir()
     torch.save({"model": {}}, tmp_path / "out" / "ckpt.pt")
-    assert_clean_error(run_script("sample.py", "--device=cpu", cwd=tmp_path), "not written by this project")
+    assert_clean_error(run_script("sample.py", "--device=cpu", cwd=tmp_path), "not written by this train.py")

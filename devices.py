@@ -1,0 +1,83 @@
+"""
+The device and the number format a script runs in, for train.py, sample.py and bench.py.
+
+- resolve_device, resolve_dtype: the 'auto' settings made concrete, or a one-line error for a device or dtype
+  that this machine does not have.
+- mixed_precision: the autocast context for a dtype.
+- peak_flops: a device's peak FLOP/s, against which MFU is measured.
+"""
+
+import time
+from contextlib import nullcontext
+
+import torch
+
+from configurator import fail
+
+
+def resolve_device(device):
+    """'auto' -> the best device here (cuda, then mps, then cpu); anything else is checked to exist."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            fail(f"device '{device}' is not available: this machine has no CUDA GPU that torch can use; "
+                 f"use --device=cpu (or leave device to 'auto')")
+        if index and (not index.isdigit() or int(index) >= count):
+            fail(f"device '{device}' is not available: this machine has {count} CUDA GPU(s), "
+                 f"cuda:0 to cuda:{count - 1}")
+    elif kind == "mps":
+        if not torch.backends.mps.is_available():
+            fail(f"device '{device}' is not available: MPS needs an Apple-silicon Mac; use --device=cpu")
+    elif device != "cpu":
+        fail(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def resolve_dtype(dtype, device_type):
+    """'auto' -> what the device runs fast: bfloat16 on CUDA where supported, else float16 there; float32 elsewhere."""
+    if dtype == "auto":
+        if device_type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"unknown dtype '{dtype}': use auto, float32, bfloat16 or float16")
+    if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        fail("this GPU does not support bfloat16: use --dtype=float16")
+    return dtype
+
+
+def mixed_precision(device_type, dtype):
+    """The context to run a model in at dtype (a name that resolve_dtype returned): mixed precision below float32."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.amp.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+def peak_flops(device, dtype):
+    """
+    Peak FLOP/s of one device at dtype ('float32', 'bfloat16', 'float16'), for MFU: the data sheet's dense
+    figure for GPUs; on a CPU, the best of several 1024 x 1024 matrix products, measured now.
+    """
+    device_type = device.split(":")[0]
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        # dense bf16/fp16 tensor-core peaks, from the vendors' data sheets
+        table = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
+                 ("4090", 165e12), ("A10", 125e12), ("V100", 125e12), ("T4", 65e12)]
+        peak = next((flops for key, flops in table if key in name), 312e12)
+        return peak if dtype != "float32" else peak / 2  # TF32 runs at half the 16-bit rate
+    if device_type == "mps":
+        return 10e12  # roughly an M-series GPU's fp32 peak
+    a = torch.full((1024, 1024), 0.5, dtype=getattr(torch, dtype))  # not random: the RNG state belongs to training
+    best = 0.0
+    for _ in range(8):  # the first products run slow while the cores wake up
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ a
+        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - t))
+    return best

@@ -1,0 +1,119 @@
+"""
+Documents for prepare.py: the "text" fields of a .jsonl file (one JSON object per line), of a .parquet file, or
+of the train split of a Hugging Face dataset (hf:NAME or hf:NAME:CONFIG), one at a time, never all in memory.
+
+- read_documents: the text of every document of a source, in order, with a progress bar.
+- split_documents: each document with its split, decided as it streams past: one in every 1 / val_fraction
+  goes to val, spread evenly (document i, from 0, when int((i + 1) * val_fraction) > int(i * val_fraction)).
+- batched_documents: documents in batches of about n characters, for encoding on several threads.
+Reading .parquet files needs pyarrow, hf: inputs the datasets package (pip install -r requirements-gpt2.txt).
+"""
+
+import json
+import os
+import urllib.parse
+
+from tqdm import tqdm
+
+from configurator import fail
+
+DOCUMENT_SUFFIXES = (".jsonl", ".parquet")  # files of documents, as opposed to one text
+
+
+def is_url(path):
+    return path.startswith(("http://", "https://"))
+
+
+def document_suffix(path):
+    """'.jsonl' or '.parquet' for a file (or URL) of documents, '' for anything else."""
+    suffix = os.path.splitext(urllib.parse.urlparse(path).path if is_url(path) else path)[1].lower()
+    return suffix if suffix in DOCUMENT_SUFFIXES else ""
+
+
+
+def read_documents(source):
+    """The text of every document of source, in order: a .jsonl or .parquet file, or hf:NAME[:CONFIG]."""
+    if source.startswith("hf:"):
+        return hf_documents(source)
+    return parquet_documents(source) if document_suffix(source) == ".parquet" else jsonl_documents(source)
+
+
+def jsonl_documents(path):
+    with open(path, "rb") as f, tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="reading",
+                                     disable=None) as bar:
+        for line_number, line in enumerate(f, start=1):
+            bar.update(len(line))
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:  # not JSON, or not UTF-8
+                fail(f"{path} line {line_number} is not a JSON object ({type(e).__name__}): "
+                     f"a .jsonl file has one JSON object per line")
+            text = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                fail(f"{path} line {line_number} has no \"text\" string: each line must be like {{\"text\": \"...\"}}")
+            yield text
+
+
+def parquet_documents(path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        fail("reading .parquet files needs pyarrow: pip install pyarrow")
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow's errors for a file that is not Parquet, or is damaged
+        fail(f"{path} is not a readable Parquet file ({type(e).__name__})")
+    if "text" not in parquet.schema_arrow.names:
+        fail(f"{path} has no \"text\" column (its columns: {', '.join(parquet.schema_arrow.names)})")
+    row = 0
+    with tqdm(total=parquet.metadata.num_rows, unit=" documents", desc="reading", disable=None) as bar:
+        for batch in parquet.iter_batches(batch_size=1024, columns=["text"]):
+            for text in batch.column(0).to_pylist():
+                if not isinstance(text, str):
+                    fail(f"{path} row {row} has a \"text\" of {text!r}, not a string")
+                row += 1
+                yield text
+            bar.update(batch.num_rows)
+
+
+def hf_documents(source):
+    """Stream the train split of a Hugging Face dataset, hf:NAME or hf:NAME:CONFIG, with the datasets package."""
+    name, _, config_name = source[len("hf:"):].partition(":")
+    try:
+        import datasets
+    except ImportError:
+        fail(f"--input={source} needs the datasets package: pip install datasets")
+    try:
+        stream = datasets.load_dataset(name, config_name or None, split="train", streaming=True)
+        for record in tqdm(stream, unit=" documents", desc="reading", disable=None):
+            if not isinstance(record.get("text"), str):
+                fail(f"the dataset {name} has no \"text\" string field (its fields: {', '.join(record)})")
+            yield record["text"]
+    except Exception as e:  # not on the Hub, no connection, a wrong config name, a broken stream...
+        reason = " ".join(line.strip() for line in str(e).splitlines()[:2] if line.strip())
+        fail(f"cannot read the Hugging Face dataset {name}: {type(e).__name__}: {reason}")
+
+
+def split_documents(source, val_fraction):
+    """Yield (split, text) for each document of source: one in every 1 / val_fraction goes to 'val', spread evenly."""
+    n = 0
+    for n, text in enumerate(read_documents(source), start=1):
+        yield "val" if int(n * val_fraction) > int((n - 1) * val_fraction) else "train", text
+    if int(n * val_fraction) == 0:
+        fail(f"{source} has only {n} document(s), too few to split with val_fraction={val_fraction}: one document in "
+             f"every {1 / val_fraction:g} goes to val; use more documents or a larger val_fraction")
+
+
+def batched_documents(documents, n_chars):
+    """Lists of (split, text) documents of about n_chars characters in all (or one longer document)."""
+    batch, size = [], 0
+    for document in documents:
+        batch.append(document)
+        size += len(document[1])
+        if size >= n_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch

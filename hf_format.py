@@ -1,0 +1,202 @@
+"""
+Hugging Face's GPT-2 format, in and out: config.json with the weights in model.safetensors (or
+pytorch_model.bin), under transformers' names, as GPT2LMHeadModel.save_pretrained writes them.
+
+- load_pretrained: OpenAI's GPT-2 weights ('gpt2' ... 'gpt2-xl', downloaded from the Hugging Face Hub and cached
+  there) or a local folder, as a GPT; GPT.from_pretrained hands over to it.
+- save_pretrained: a GPT in that format, for transformers and load_pretrained (export.py).
+Reading the weights needs safetensors and downloading them huggingface_hub (pip install -r
+requirements-gpt2.txt); both are imported only when used. pytorch_model.bin is read with weights_only=True.
+"""
+
+import json
+import os
+
+import torch
+import torch.nn as nn
+
+from files import replaced_atomically
+from model import GPT, GPTConfig
+
+# OpenAI's GPT-2 models, as the Hugging Face Hub names them
+GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+# the weight files of a Hugging Face model folder, the preferred first
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# transformers' GPT-2 keeps these weights in Conv1D layers, shaped (in, out): the transpose of nn.Linear's (out, in)
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# transformers' names of the GELUs that GPT2Config's activation_function may name, and ours
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+# transformers' GPT2Config defaults, for the keys that a config.json leaves out
+GPT2_DEFAULTS = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                     n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5, scale_attn_weights=True,
+                     scale_attn_by_inverse_layer_idx=False, tie_word_embeddings=True, add_cross_attention=False)
+
+
+def load_pretrained(name_or_path, override_args=None):
+    """
+    A GPT with pretrained weights: name_or_path is one of GPT2_MODELS, downloaded from the Hugging Face Hub
+    (which caches it, so later calls need no network), or a folder in Hugging Face's GPT-2 format. The shape
+    is the pretrained model's; override_args may set dropout. Raises ValueError for a name, folder or file that
+    is not a GPT-2 model, ImportError for a missing optional package and OSError for a failed download, each
+    with a message that says what to do.
+    """
+    override_args = override_args or {}
+    assert all(k == "dropout" for k in override_args)  # only dropout can be overridden
+    config_path, weights_path = pretrained_files(name_or_path)
+    config_args = gpt2_config_args(config_path)
+    state = from_gpt2_names(read_weights(weights_path))
+    model = GPT(GPTConfig(**config_args, **override_args))
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"{weights_path} does not hold the weights that {config_path} describes: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for key, value in expected.items():
+        if state[key].shape != value.shape:
+            raise ValueError(f"{weights_path} does not hold the weights that {config_path} describes: "
+                             f"{key} is {tuple(state[key].shape)}, not {tuple(value.shape)}")
+    model.load_state_dict(state)
+    return model
+
+
+def save_pretrained(model, folder):
+    """
+    Write folder/config.json and folder/model.safetensors in Hugging Face's GPT-2 format, which transformers
+    (GPT2LMHeadModel.from_pretrained) and load_pretrained read. GPT-2 has biases everywhere: a model without
+    them gets zero biases, which compute the same. A model with an option beyond GPT-2 (rotary, qk_norm,
+    attn_scale) cannot be written so: ValueError.
+    """
+    cfg = model.config
+    beyond = [name for name, on in (("rotary", cfg.rotary), ("qk_norm", cfg.qk_norm),
+                                    ("attn_scale", cfg.attn_scale != 1.0)) if on]
+    if beyond:
+        raise ValueError(f"GPT-2's format cannot hold this model: it uses {', '.join(beyond)}, which GPT-2 has not")
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise ImportError("saving in Hugging Face's format needs safetensors: pip install safetensors") from None
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items() if key != "lm_head.weight"}
+    for name, module in model.transformer.named_modules():
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is None:
+            state[f"transformer.{name}.bias"] = torch.zeros(module.weight.size(0))
+    config = dict(GPT2_DEFAULTS, architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
+                  n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                  activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
+                  attn_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
+    os.makedirs(folder, exist_ok=True)
+    with replaced_atomically(os.path.join(folder, "model.safetensors"), "weights") as tmp:
+        save_file(to_gpt2_names(state), tmp, metadata={"format": "pt"})  # transformers wants the format
+    with replaced_atomically(os.path.join(folder, "config.json"), "config") as tmp, open(tmp, "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def pretrained_files(name_or_path):
+    """(config.json, weights file) of a local model folder, or of a GPT-2 model downloaded from the Hub."""
+    if os.path.isdir(name_or_path):
+        config_path = os.path.join(name_or_path, "config.json")
+        if not os.path.isfile(config_path):
+            hint = (f"; it holds a checkpoint of train.py, which python export.py --out_dir={name_or_path} converts"
+                    if os.path.isfile(os.path.join(name_or_path, "ckpt.pt")) else "")
+            raise ValueError(f"{name_or_path} has no config.json, so it is not a model in Hugging Face's format{hint}")
+        weights = [os.path.join(name_or_path, name) for name in HF_WEIGHTS
+                   if os.path.isfile(os.path.join(name_or_path, name))]
+        if not weights:
+            raise ValueError(f"{name_or_path} has a config.json but no weights: neither {' nor '.join(HF_WEIGHTS)}")
+        return config_path, weights[0]
+    if name_or_path not in GPT2_MODELS:
+        raise ValueError(f"'{name_or_path}' is neither a GPT-2 model ({', '.join(GPT2_MODELS)}) nor a folder")
+    # every GPT-2 repository on the Hub has model.safetensors, the format that can be read without unpickling
+    repo_id = GPT2_MODELS[name_or_path]
+    return hub_download(repo_id, "config.json"), hub_download(repo_id, HF_WEIGHTS[0])
+
+
+def hub_download(repo_id, filename):
+    """The local path of a file of a Hugging Face Hub repository, downloaded into the Hub's cache if not there yet."""
+    try:
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.utils import LocalEntryNotFoundError
+    except ImportError:
+        raise ImportError("downloading GPT-2 from the Hugging Face Hub needs huggingface_hub: "
+                          "pip install huggingface_hub safetensors") from None
+    try:
+        return hf_hub_download(repo_id, filename)
+    except LocalEntryNotFoundError:
+        raise OSError(f"cannot download {repo_id}/{filename}: the Hugging Face Hub ({constants.ENDPOINT}) is out of "
+                      f"reach (or HF_HUB_OFFLINE=1) and the file is not in its cache ({constants.HF_HUB_CACHE}); "
+                      f"check your connection, or use a local model folder") from None
+    except OSError as e:  # huggingface_hub's HTTP errors are OSErrors
+        reason = " ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
+        raise OSError(f"cannot download {repo_id}/{filename} from the Hugging Face Hub: {reason}") from None
+
+
+def gpt2_config_args(config_path):
+    """GPTConfig's arguments from a config.json; ValueError where it describes anything but GPT-2's architecture."""
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} is not a model configuration: it holds a {type(config).__name__}")
+    c = {**GPT2_DEFAULTS, **config}
+    if c["model_type"] != "gpt2":
+        raise ValueError(f"{config_path} describes a {c['model_type']} model, not GPT-2")
+    gpt2_like = {
+        "activation_function": c["activation_function"] in HF_ACTIVATIONS,
+        "layer_norm_epsilon": c["layer_norm_epsilon"] == 1e-5,
+        "n_inner": c["n_inner"] in (None, 4 * c["n_embd"]),
+        "scale_attn_weights": c["scale_attn_weights"] is True,
+        "scale_attn_by_inverse_layer_idx": c["scale_attn_by_inverse_layer_idx"] is False,
+        "tie_word_embeddings": c["tie_word_embeddings"] is True,
+        "add_cross_attention": c["add_cross_attention"] is False,
+    }
+    unlike = [f"{key}={c[key]!r} (GPT-2: {GPT2_DEFAULTS[key]!r})" for key, ok in gpt2_like.items() if not ok]
+    if unlike:
+        raise ValueError(f"{config_path} is not GPT-2's architecture, the only one this model implements: "
+                         f"{', '.join(unlike)}")
+    if c["n_embd"] % c["n_head"] != 0:
+        raise ValueError(f"{config_path}: n_embd ({c['n_embd']}) is not divisible by n_head ({c['n_head']})")
+    return dict(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], block_size=c["n_positions"],
+                vocab_size=c["vocab_size"], bias=True, activation=HF_ACTIVATIONS[c["activation_function"]])
+
+
+def read_weights(path):
+    """The tensors of a model.safetensors or pytorch_model.bin file, read without unpickling anything."""
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ImportError(f"reading {path} needs safetensors: pip install safetensors") from None
+    try:
+        if path.endswith(".safetensors"):
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupted, or not weights at all
+        raise ValueError(f"{path} is not a readable weights file ({type(e).__name__}); "
+                         f"it may be truncated or corrupted") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a weights file: it does not hold a dictionary of tensors")
+    return state
+
+
+def from_gpt2_names(hf_state):
+    """
+    Our state dict from transformers' GPT-2 one: with or without the 'transformer.' prefix (GPT2Model saves
+    leave it out), without the causal-mask buffers of older files (attn.bias, attn.masked_bias) or the
+    language-model head (it is the token embedding), and with the Conv1D weights transposed.
+    """
+    state = {}
+    for key, value in hf_state.items():
+        key = key.removeprefix("transformer.")
+        if key.endswith((".attn.bias", ".attn.masked_bias")) or key == "lm_head.weight":
+            continue
+        state[f"transformer.{key}"] = value.t() if key.endswith(CONV1D_WEIGHTS) else value
+    if "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state
+
+
+def to_gpt2_names(state):
+    """transformers' GPT2LMHeadModel state dict from ours (less the tied head): the Conv1D weights transposed."""
+    return {key: (value.t() if key.endswith(CONV1D_WEIGHTS) else value).contiguous() for key, value in state.items()}
