@@ -68,8 +68,8 @@ config_keys = [k for k, v in globals().items() if not k.startswith("_") and isin
 globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
 # -----------------------------------------------------------------------------
 
-if part not in ("all", "train", "sample", "prepare", "recipe", "ablation"):
-    fail(f"unknown part '{part}': use all, train, sample, prepare, recipe or ablation")
+if n_embd % n_head:
+    fail(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
 device = resolve_device(device)
 device_type = device.split(":")[0]
 dtype = resolve_dtype(dtype, device_type)

@@ -27,8 +27,8 @@ PRETRAINED_KEYS = tuple(key for key in MODEL_KEYS if key != "block_size")  # a p
 
 
 def save_checkpoint(path, checkpoint):
-    with replaced_atomically(path, "checkpoint") as tmp, open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
+    with replaced_atomically(path, what="checkpoint") as [tmp], open(tmp, "wb") as f:
+        torch.save(checkpoint, f)  # through a Python file, whose errors say what went wrong
 
 
 def read_checkpoint(path, required=("model", "model_args", "tokenizer"), device="cpu"):
@@ -72,6 +72,10 @@ def resume_settings(checkpoint, model_args, config):
     saved = checkpoint["config"]  # settings newer than the checkpoint are not changes
     changes = [f"{key} {saved[key]!r} -> {value!r}" for key, value in config.items()
                if key != "init_from" and key in saved and saved[key] != value]
+    if bool(saved.get("muon_learning_rate")) != bool(config["muon_learning_rate"]):
+        raise ValueError(f"muon_learning_rate {saved.get('muon_learning_rate', 0.0)!r} -> "
+                         f"{config['muon_learning_rate']!r} would switch between AdamW and Muon, whose states differ; "
+                         f"keep it on (or off) as it was, or start a new --out_dir")
     return model_args, changes
 
 

@@ -14,9 +14,10 @@ win. Every key must be one the script knows, and every value must have the
 type of the default it replaces (an int is fine where a float is expected;
 a key whose default is None takes any value).
 
-Every number must also lie in its range, which RANGES holds for every script.
-Mistakes end the program with one line on stderr that says what to fix, never
-with a traceback: see `fail`.
+Every value must also lie in its range, or be one of its choices: RANGES holds
+them for every script. Mistakes end the program with one line on stderr that says
+what to fix, never with a traceback: see `fail`. open_file and read_text open
+the files a user names, with the same one-line errors.
 """
 
 import ast
@@ -24,8 +25,8 @@ import difflib
 import os
 import sys
 
-# The valid values of each numeric setting of every script that has it: '[' and ']' include an end, '(' and ')'
-# leave it out; after '; ', a hint for the error message.
+# The valid values of each setting of every script that has it: an interval, where '[' and ']' include an end
+# and '(' and ')' leave it out, with a hint for the error message after '; '; or a tuple of the choices.
 RANGES = {
     # train.py (and bench.py's model)
     "eval_interval": "[1, inf)", "log_interval": "[1, inf)", "eval_iters": "[1, inf)",
@@ -34,13 +35,16 @@ RANGES = {
     "learning_rate": "[0, inf)", "muon_learning_rate": "[0, inf)", "muon_momentum": "[0, 1)", "max_iters": "[0, inf)",
     "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)", "grad_clip": "[0, inf)",
     "warmup_iters": "[0, inf)", "lr_decay_iters": "[0, inf)", "min_lr": "[0, inf)", "seed": "[0, 4294967295]",
+    "activation": ("gelu_tanh", "gelu"), "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "backend": ("auto", "nccl", "gloo", "mpi", "ucc", "xccl"),
     # sample.py
     "num_samples": "[1, inf)", "max_new_tokens": "[0, inf)", "top_k": "[0, inf)", "top_p": "(0, 1]",
     "temperature": "(0, inf); for nearly greedy sampling use e.g. 0.01 or --top_k=1",
     # prepare.py
-    "val_fraction": "(0, 1)", "vocab_size": "[1, 65536]",
+    "val_fraction": "(0, 1)", "vocab_size": "[1, 65536]", "tokenizer": ("char", "gpt2"),
     # bench.py
-    "rounds": "[1, inf)", "steps_per_round": "[1, inf)", "recipe_repeats": "[1, inf)", "char_megabytes": "[1, inf)",
+    "part": ("all", "train", "recipe", "sample", "prepare", "ablation"), "rounds": "[1, inf)",
+    "steps_per_round": "[1, inf)", "recipe_repeats": "[1, inf)", "char_megabytes": "[1, inf)",
     "gpt2_megabytes": "[1, inf)",
 }
 
@@ -70,8 +74,10 @@ def configure(defaults, argv):
 
 
 def check_range(key, value):
-    """Fail unless a number lies in the range that RANGES gives its key."""
-    if key not in RANGES or not isinstance(value, (int, float)) or isinstance(value, bool):
+    """Fail unless value lies in the range, or is one of the choices, that RANGES gives its key."""
+    if isinstance(RANGES.get(key), tuple) and value not in RANGES[key]:
+        fail(f"unknown {key} '{value}': use {', '.join(RANGES[key])}")
+    if not isinstance(RANGES.get(key), str) or not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     interval, _, hint = RANGES[key].partition("; ")
     low, high = (float(end) for end in interval[1:-1].split(", "))
@@ -88,13 +94,33 @@ def check_range(key, value):
     fail(f"{key} must be {allowed}, got {value}" + (f"; {hint}" if hint else ""))
 
 
+def open_file(path, what, mode="r"):
+    """path opened (as UTF-8 text unless mode is 'rb'), or a one-line error: missing, a folder, unreadable."""
+    if not os.path.exists(path):
+        fail(f"{what} '{path}' not found")
+    if os.path.isdir(path):
+        fail(f"{what} '{path}' is a folder, not a file")
+    try:
+        return open(path, mode) if "b" in mode else open(path, mode, encoding="utf-8")
+    except OSError as e:
+        fail(f"cannot read {what} '{path}': {e.strerror}")
+
+
+def read_text(path, what):
+    """The whole text of a UTF-8 file that the user named, or a one-line error."""
+    with open_file(path, what) as f:
+        try:
+            return f.read()
+        except UnicodeDecodeError as e:
+            fail(f"{what} '{path}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be decoded); "
+                 f"convert it first, e.g. iconv -f latin1 -t utf-8 {path}")
+
+
 def run_config_file(path, config):
     """Exec a user's config file and return the keys it assigned."""
-    if not os.path.isfile(path):
-        hint = " (flags need two dashes: --key=value)" if not path.endswith(".py") else ""
-        fail(f"config file '{path}' not found{hint}")
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+    if not os.path.exists(path) and not path.endswith(".py"):
+        fail(f"config file '{path}' not found (flags need two dashes: --key=value)")
+    source = read_text(path, "config file")
     namespace = dict(config)
     try:
         exec(compile(source, path, "exec"), namespace)

@@ -1,33 +1,89 @@
 """
 A prepared data folder, data/DATASET, as prepare.py writes it and train.py reads it: train.bin and val.bin (the
-token ids as raw uint16) and meta.json (the tokenizer, see tokenizer.py).
+token ids as raw uint16) and meta.json: the tokenizer (see tokenizer.py) and, under "splits", what each split
+holds: its tokens, the UTF-8 bytes of its text, and its largest token id.
 
-- open_dataset: the folder's meta.json and the token count of each split, checked before training starts.
+- open_dataset: the folder, checked before training starts: meta.json whole, each .bin a whole number of ids
+  that matches meta.json, and no id beyond the vocabulary. Each failure is one line that names the file and
+  the command that makes the folder again.
+- count_ids, split_stats: what meta.json records of a split, from its token ids.
 """
 
 import json
 import os
 
+import numpy as np
+from tqdm import tqdm
+
 from configurator import fail
+from files import replaced_atomically
+from tokenizer import token_bytes, tokenizer_problem
 
 SPLITS = ("train", "val")
+CHUNK_IDS = 1 << 24  # ids counted at a time when a folder is checked
 
 
 def open_dataset(dataset, block_size):
-    """(data_dir, meta, {split: tokens}) of data/DATASET; a one-line error if it cannot train with block_size."""
+    """(data_dir, tokenizer description, {split: stats}) of data/DATASET, checked (see above)."""
     data_dir = os.path.join("data", dataset)
-    missing = [name for name in ("train.bin", "val.bin", "meta.json")
-               if not os.path.exists(os.path.join(data_dir, name))]
+    remake = "python prepare.py" + (f" --input=YOUR_TEXT --dataset={dataset}" if dataset != "shakespeare_char" else "")
+    paths = {name: os.path.join(data_dir, name) for name in ("train.bin", "val.bin", "meta.json")}
+    missing = [path for path in paths.values() if not os.path.exists(path)]
     if missing:
-        how = "python prepare.py"
-        if dataset != "shakespeare_char":
-            how += f" --input=YOUR_TEXT --dataset={dataset}"
-        fail(f"dataset '{dataset}' is not prepared: {data_dir}/{missing[0]} is missing; make it with: {how}")
-    with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
-        meta = json.load(f)
-    split_tokens = {split: os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // 2 for split in SPLITS}
-    for split, n_tokens in split_tokens.items():
+        fail(f"dataset '{dataset}' is not prepared: {missing[0]} is missing; make it with: {remake}")
+    try:
+        with open(paths["meta.json"], encoding="utf-8") as f:
+            meta = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        fail(f"{paths['meta.json']} is not valid JSON ({e}); make the folder again with: {remake}")
+    problem = tokenizer_problem(meta)
+    if problem:
+        fail(f"{paths['meta.json']} {problem}; make the folder again with: {remake}")
+    for split in SPLITS:
+        size = os.path.getsize(paths[f"{split}.bin"])
+        if size % 2:
+            fail(f"{paths[f'{split}.bin']} has {size} bytes, not a whole number of uint16 token ids: it is cut "
+                 f"short or not a token file; make the folder again with: {remake}")
+    tokenizer = {key: value for key, value in meta.items() if key != "splits"}
+    if not recorded(meta.get("splits")):  # prepared before the record was kept: count the ids once, and keep it
+        meta["splits"] = {split: split_stats(count_ids(paths[f"{split}.bin"]), tokenizer) for split in SPLITS}
+        if os.environ.get("RANK", "0") == "0" and os.access(data_dir, os.W_OK):  # one process writes it
+            with replaced_atomically(paths["meta.json"], what="meta.json") as [tmp]:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(meta, f, ensure_ascii=False)
+    for split, stats in meta["splits"].items():
+        path, n_tokens = paths[f"{split}.bin"], os.path.getsize(paths[f"{split}.bin"]) // 2
+        if n_tokens != stats["tokens"]:
+            fail(f"{path} holds {n_tokens} token ids, but {paths['meta.json']} says {stats['tokens']}: the files "
+                 f"come from different runs of prepare.py; make the folder again with: {remake}")
+        if stats["max_id"] >= tokenizer["vocab_size"]:
+            fail(f"{path} holds token id {stats['max_id']}, beyond the {tokenizer['vocab_size']} ids of the "
+                 f"tokenizer in {paths['meta.json']}; make the folder again with: {remake}")
         if n_tokens <= block_size:
-            fail(f"block_size={block_size} is too long for {data_dir}/{split}.bin, which has {n_tokens} tokens; "
+            fail(f"block_size={block_size} is too long for {path}, which has {n_tokens} tokens; "
                  f"use a smaller --block_size or more text")
-    return data_dir, meta, split_tokens
+    return data_dir, tokenizer, meta["splits"]
+
+
+def recorded(splits):
+    """Whether meta.json's "splits" is a whole record of both splits."""
+    return (isinstance(splits, dict) and set(splits) == set(SPLITS) and
+            all(isinstance(stats, dict) and all(type(stats.get(key)) is int for key in ("tokens", "bytes", "max_id"))
+                for stats in splits.values()))
+
+
+def count_ids(path):
+    """How often each uint16 id occurs in a .bin file, read in chunks with a progress bar."""
+    ids = np.memmap(path, dtype=np.uint16, mode="r")
+    counts = np.zeros(65536, dtype=np.int64)
+    for start in tqdm(range(0, len(ids), CHUNK_IDS), desc=f"checking {path}", unit=" chunks", disable=None):
+        counts += np.bincount(ids[start:start + CHUNK_IDS], minlength=65536)
+    return counts
+
+
+def split_stats(counts, tokenizer):
+    """A split's record in meta.json from how often each id occurs: tokens, bytes of text, the largest id."""
+    lengths = token_bytes(tokenizer)
+    present = np.flatnonzero(counts)
+    return {"tokens": int(counts.sum()), "bytes": int(counts[:len(lengths)] @ lengths),
+            "max_id": int(present[-1]) if len(present) else -1}

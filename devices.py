@@ -44,8 +44,6 @@ def resolve_dtype(dtype, device_type):
         if device_type == "cuda":
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        fail(f"unknown dtype '{dtype}': use auto, float32, bfloat16 or float16")
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         fail("this GPU does not support bfloat16: use --dtype=float16")
     return dtype

@@ -15,7 +15,7 @@ import urllib.parse
 
 from tqdm import tqdm
 
-from configurator import fail
+from configurator import fail, open_file
 
 DOCUMENT_SUFFIXES = (".jsonl", ".parquet")  # files of documents, as opposed to one text
 
@@ -39,8 +39,8 @@ def read_documents(source):
 
 
 def jsonl_documents(path):
-    with open(path, "rb") as f, tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="reading",
-                                     disable=None) as bar:
+    bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="reading", disable=None)
+    with open_file(path, "input file", "rb") as f, bar:
         for line_number, line in enumerate(f, start=1):
             bar.update(len(line))
             if not line.strip():

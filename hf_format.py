@@ -15,7 +15,7 @@ import os
 import torch
 import torch.nn as nn
 
-from files import replaced_atomically
+from files import make_dir, replaced_atomically
 from model import GPT, GPTConfig
 
 # OpenAI's GPT-2 models, as the Hugging Face Hub names them
@@ -72,7 +72,7 @@ def save_pretrained(model, folder):
     if beyond:
         raise ValueError(f"GPT-2's format cannot hold this model: it uses {', '.join(beyond)}, which GPT-2 has not")
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError:
         raise ImportError("saving in Hugging Face's format needs safetensors: pip install safetensors") from None
     state = {key: value.detach().cpu() for key, value in model.state_dict().items() if key != "lm_head.weight"}
@@ -83,11 +83,13 @@ def save_pretrained(model, folder):
                   n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
                   activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
                   attn_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
-    os.makedirs(folder, exist_ok=True)
-    with replaced_atomically(os.path.join(folder, "model.safetensors"), "weights") as tmp:
-        save_file(to_gpt2_names(state), tmp, metadata={"format": "pt"})  # transformers wants the format
-    with replaced_atomically(os.path.join(folder, "config.json"), "config") as tmp, open(tmp, "w") as f:
-        json.dump(config, f, indent=2)
+    make_dir(folder, "the model folder")
+    paths = [os.path.join(folder, name) for name in ("model.safetensors", "config.json")]
+    with replaced_atomically(*paths, what="model") as [weights_tmp, config_tmp]:
+        with open(weights_tmp, "wb") as f:  # written by Python, whose errors say what went wrong
+            f.write(save(to_gpt2_names(state), metadata={"format": "pt"}))  # transformers wants the format
+        with open(config_tmp, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
 
 
 def pretrained_files(name_or_path):

@@ -32,7 +32,7 @@ class MetricsLog:
         self.records = read_metrics(self.path, before=resumed_at) if resumed_at is not None else []
         self.elapsed_before = self.records[-1]["elapsed"] if self.records else 0.0
         self.start = time.time()
-        with replaced_atomically(self.path, "metrics") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        with replaced_atomically(self.path, what="metrics") as [tmp], open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.records)
         self.file = open(self.path, "a", encoding="utf-8")
         self.wandb = None
@@ -48,8 +48,11 @@ class MetricsLog:
         """Append a record; an evaluation's also redraws the plot and goes to wandb."""
         record["elapsed"] = round(self.elapsed_before + time.time() - self.start, 3)
         self.records.append(record)
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:
+            fail(f"could not write {self.path}: {e.strerror}; the last checkpoint is as it was saved")
         if record["kind"] != "eval":
             return
         plot_losses(self.records, self.plot_path, self.title)
@@ -113,7 +116,7 @@ def plot_losses(records, path, title):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with replaced_atomically(path, "plot") as tmp:
+    with replaced_atomically(path, what="plot") as [tmp]:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 

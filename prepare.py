@@ -17,6 +17,7 @@ large it is, and the files appear only once they are complete.
 import itertools
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -26,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from configurator import configure, fail
+from configurator import configure, fail, open_file
+from dataset import SPLITS, split_stats
 from documents import batched_documents, document_suffix, is_url, read_documents, split_documents
 from files import make_dir, replaced_atomically
 from tokenizer import GPT2_META, char_lookup, char_meta, code_points, gpt2_encoding, gpt2_safe_cut
@@ -77,7 +79,8 @@ def download(url, dest):
 def read_chunks(path, desc):
     """Yield the text of path in chunks of CHUNK_CHARS characters, with a progress bar over its bytes."""
     size = os.path.getsize(path)
-    with open(path, encoding="utf-8") as f, tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=None) as bar:
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=None)
+    with open_file(path, "input file") as f, bar:
         done = 0
         while True:
             try:
@@ -120,38 +123,48 @@ def split_chunks(path, n_train):
 # -----------------------------------------------------------------------------
 # encoding a split on several threads: tiktoken lets go of the GIL while it encodes
 
-def gpt2_ids(enc, text):
-    """GPT-2 token ids of text as uint16, special-token text encoded as ordinary text (as encode_ordinary does)."""
-    return enc.encode_to_numpy(text, disallowed_special=()).astype(np.uint16)  # no Python list in between
+def gpt2_ids(enc, text, where, start=0):
+    """
+    GPT-2 token ids of text as uint16, special-token text encoded as ordinary text (as encode_ordinary does).
+    where names the text, and start is its first character's position there, for the error tiktoken can give.
+    """
+    try:
+        return enc.encode_to_numpy(text, disallowed_special=()).astype(np.uint16)  # no Python list in between
+    except ValueError:  # tiktoken's pre-tokenizer gives up on a run of whitespace about a million long
+        run = max(re.finditer(r"\s+", text), key=lambda match: len(match.group()))
+        fail(f"{where}: tiktoken cannot encode the run of {len(run.group()):,} whitespace characters at "
+             f"character {start + run.start():,}; break it up, e.g. with newlines")
 
 
-def gpt2_encode_stream(pieces, enc, n_threads):
+def gpt2_encode_stream(pieces, enc, n_threads, where, start):
     """
-    Encode a stream of text pieces of one split as if they were one string, on n_threads threads: cut the
-    text at safe places only (see gpt2_safe_cut) and encode the parts in parallel. Yields each part's ids.
+    Encode a stream of text pieces of one split, which begins at character start of where, as if they were one
+    string, on n_threads threads: cut the text at safe places only (see gpt2_safe_cut) and encode the parts in
+    parallel. Yields each part's ids.
     """
-    return in_parallel(lambda text: gpt2_ids(enc, text), safe_parts(pieces), n_threads)
+    encode = lambda part: gpt2_ids(enc, part[1], where, start + part[0])
+    return in_parallel(encode, safe_parts(pieces), n_threads)
 
 
 def safe_parts(pieces):
-    """The text of pieces, as one string, in parts that end where gpt2_safe_cut allows."""
-    pending = ""
+    """(offset, text): the text of pieces, as one string, in parts that end where gpt2_safe_cut allows."""
+    pending, offset = "", 0
     for piece in pieces:
         pending += piece
         cut = gpt2_safe_cut(pending)
         if cut:
-            yield pending[:cut]
-            pending = pending[cut:]
-    yield pending
+            yield offset, pending[:cut]
+            pending, offset = pending[cut:], offset + cut
+    yield offset, pending
 
 
-def gpt2_encode_documents(documents, enc, n_threads):
+def gpt2_encode_documents(documents, enc, n_threads, source):
     """
-    Yield (split, ids) for a stream of (split, text) documents: each document's tokens, then <|endoftext|>,
-    a batch of about CHUNK_CHARS characters of documents per thread at a time.
+    Yield (split, ids) for a stream of (split, text) documents of source: each document's tokens, then
+    <|endoftext|>, a batch of about CHUNK_CHARS characters of documents per thread at a time.
     """
     eot = np.array([enc.eot_token], dtype=np.uint16)
-    encode = lambda batch: [(split, gpt2_ids(enc, text)) for split, text in batch]
+    encode = lambda batch: [(split, gpt2_ids(enc, text, f"a document of {source}")) for split, text in batch]
     for encoded in in_parallel(encode, batched_documents(documents, CHUNK_CHARS), n_threads):
         for split in ("train", "val"):
             parts = [part for where, ids in encoded if where == split for part in (ids, eot)]
@@ -177,22 +190,20 @@ def in_parallel(fn, items, n_threads):
 # -----------------------------------------------------------------------------
 
 def resolve_input(input, out_dir):
-    """The local file (or hf:NAME) to read, downloading it first where it is a URL."""
-    if not input:
-        local = os.path.join(out_dir, "input.txt")
-        if not os.path.exists(local):
-            download(SHAKESPEARE_URL, local)
-        return local
+    """The local file (or hf:NAME) to read: a URL is downloaded into out_dir, Tiny Shakespeare if none is given."""
     if input.startswith("hf:"):
         return input
-    if is_url(input):
-        local = os.path.join(out_dir, "input" + (document_suffix(input) or ".txt"))
-        download(input, local)
-        return local
-    if not os.path.isfile(input):
-        fail(f"input file '{input}' not found; pass a UTF-8 text file, a .jsonl or .parquet file of documents, "
-             f"an http(s) URL of one, or hf:NAME with --input=")
-    return input
+    if input and not is_url(input):
+        if not os.path.exists(input):
+            fail(f"input file '{input}' not found; pass a UTF-8 text file, a .jsonl or .parquet file of documents, "
+                 f"an http(s) URL of one, or hf:NAME with --input=")
+        open_file(input, "input file").close()  # a folder, or unreadable: say so before anything else
+        return input
+    local = os.path.join(out_dir, "input" + (document_suffix(input) or ".txt"))
+    if input or not os.path.exists(local):
+        make_dir(out_dir, "the data folder")
+        download(input or SHAKESPEARE_URL, local)
+    return local
 
 
 def encode_text(path, tokenizer, val_fraction):
@@ -206,15 +217,14 @@ def encode_text(path, tokenizer, val_fraction):
              f"with val_fraction={val_fraction}; use a longer text")
     if tokenizer == "char":
         meta, table = char_meta(alphabet, path), char_lookup(alphabet)
-        encode_split = lambda texts: (table[code_points(text)] for text in texts)
+        encode_split = lambda texts, start: (table[code_points(text)] for text in texts)
     else:
         enc = gpt2_encoding()
-        n_threads = os.cpu_count() or 1
         meta = GPT2_META
-        encode_split = lambda texts: gpt2_encode_stream(texts, enc, n_threads)
+        encode_split = lambda texts, start: gpt2_encode_stream(texts, enc, os.cpu_count() or 1, path, start)
     pieces = split_chunks(path, n_train)
     return meta, ((split, ids) for split, group in itertools.groupby(pieces, key=lambda piece: piece[0])
-                  for ids in encode_split(text for _, text in group))
+                  for ids in encode_split((text for _, text in group), 0 if split == "train" else n_train))
 
 
 def encode_documents(source, tokenizer, val_fraction):
@@ -227,33 +237,29 @@ def encode_documents(source, tokenizer, val_fraction):
         meta, table = char_meta(alphabet, source), char_lookup(alphabet)
         return meta, ((split, table[code_points(text + "\n")]) for split, text in split_documents(source, val_fraction))
     enc = gpt2_encoding()
-    return GPT2_META, gpt2_encode_documents(split_documents(source, val_fraction), enc, os.cpu_count() or 1)
+    return GPT2_META, gpt2_encode_documents(split_documents(source, val_fraction), enc, os.cpu_count() or 1, source)
 
 
 def prepare(input, out_dir, tokenizer, val_fraction):
-    """Write out_dir/train.bin, val.bin and meta.json; return the token count of each split."""
-    if tokenizer not in ("char", "gpt2"):
-        fail(f"unknown tokenizer '{tokenizer}': use --tokenizer=char or --tokenizer=gpt2")
-    if not 0 < val_fraction < 1:
-        fail(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    make_dir(out_dir, "the data folder")
+    """Write out_dir/train.bin, val.bin and meta.json; return meta.json's record of each split."""
     source = resolve_input(input, out_dir)
+    make_dir(out_dir, "the data folder")
     documents = source.startswith("hf:") or document_suffix(source)
     meta, encoded = (encode_documents if documents else encode_text)(source, tokenizer, val_fraction)
-    # each file is written to a temporary one, and all three are moved into place only when all went well,
-    # so that a failure or Ctrl-C never leaves half-written files (or loses the old ones)
-    counts = {"train": 0, "val": 0}
-    with replaced_atomically(os.path.join(out_dir, "train.bin"), "train.bin") as train_tmp, \
-            replaced_atomically(os.path.join(out_dir, "val.bin"), "val.bin") as val_tmp, \
-            replaced_atomically(os.path.join(out_dir, "meta.json"), "meta.json") as meta_tmp:
+    # all three files are written to temporary ones and moved into place only when all went well, so that a
+    # failure or Ctrl-C never leaves half-written files (or loses the old ones)
+    paths = [os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")]
+    counts = {split: np.zeros(65536, dtype=np.int64) for split in SPLITS}  # how often each id occurs
+    with replaced_atomically(*paths, what="dataset") as [train_tmp, val_tmp, meta_tmp]:
         with open(train_tmp, "wb") as train_file, open(val_tmp, "wb") as val_file:
             files = {"train": train_file, "val": val_file}
             for split, ids in encoded:
-                ids.tofile(files[split])
-                counts[split] += len(ids)
+                files[split].write(ids.tobytes())  # numpy's tofile would not say why a write failed
+                counts[split] += np.bincount(ids, minlength=65536)
+        meta = {**meta, "splits": {split: split_stats(counts[split], meta) for split in SPLITS}}
         with open(meta_tmp, "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
-    return counts
+    return meta["splits"]
 
 
 def main(argv):
@@ -261,9 +267,9 @@ def main(argv):
     config = configure(defaults, argv)
     name = config["dataset"] or default_dataset(config["input"], config["tokenizer"])
     out_dir = os.path.join("data", name)
-    counts = prepare(config["input"], out_dir, config["tokenizer"], config["val_fraction"])
-    print(f"train has {counts['train']:,} tokens")
-    print(f"val has {counts['val']:,} tokens")
+    splits = prepare(config["input"], out_dir, config["tokenizer"], config["val_fraction"])
+    print(f"train has {splits['train']['tokens']:,} tokens")
+    print(f"val has {splits['val']['tokens']:,} tokens")
     print(f"wrote {out_dir}/train.bin, val.bin and meta.json")
     if name != "shakespeare_char":
         print(f"train on it with: python train.py --dataset={name}")

@@ -19,7 +19,7 @@ import sys
 import torch
 
 from checkpoint import load_checkpoint
-from configurator import configure, fail
+from configurator import configure, fail, read_text
 from devices import mixed_precision, resolve_device, resolve_dtype
 from hf_format import GPT2_MODELS
 from model import GPT
@@ -47,11 +47,7 @@ if init_from not in ("resume", *GPT2_MODELS) and not os.path.isdir(init_from):
     fail(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir), a GPT-2 model "
          f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
 if start.startswith("FILE:"):
-    prompt_path = start[len("FILE:"):]
-    if not os.path.isfile(prompt_path):
-        fail(f"prompt file '{prompt_path}' not found (from --start=FILE:{prompt_path})")
-    with open(prompt_path, encoding="utf-8") as f:
-        start = f.read()
+    start = read_text(start[len("FILE:"):], "prompt file")
 if not start:
     fail("the prompt is empty: give at least one character with --start=")
 

@@ -5,7 +5,9 @@ folder's meta.json and as a checkpoint's "tokenizer", so that whatever has one c
 - {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}: GPT-2's BPE, tiktoken's encoding of that name.
 
 - make_codec(meta): (encode, decode) between a text and a list of ids, for prompts and samples.
-- model_vocab_size(meta): the size of the model's embedding for a tokenizer.
+- tokenizer_problem(meta): what is wrong with a description read from a file, if anything.
+- model_vocab_size(meta), token_bytes(meta): the size of the model's embedding for a tokenizer; the length in
+  UTF-8 bytes of each token's text (a special token's is 0), for bits per byte.
 - char_meta, char_lookup, code_points: the char tokenizer of an alphabet, and its fast encoding with numpy.
 - gpt2_encoding, gpt2_safe_cut: tiktoken's GPT-2 encoding, and where a text can be cut without changing its tokens.
 """
@@ -17,6 +19,7 @@ import numpy as np
 from configurator import fail
 
 GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}
+TOKENIZERS = ("char", "gpt2")
 
 
 def make_codec(meta):
@@ -34,6 +37,20 @@ def make_codec(meta):
         return encode, lambda ids: "".join(chars[i] for i in ids)
     enc = gpt2_encoding()
     return lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}), enc.decode
+
+
+def tokenizer_problem(meta):
+    """None if meta describes a tokenizer whole; else what is wrong, to follow the name of the file it came from."""
+    if not isinstance(meta, dict) or meta.get("tokenizer") not in TOKENIZERS:
+        return f"does not describe a tokenizer: \"tokenizer\" must be one of {', '.join(TOKENIZERS)}"
+    vocab_size = meta.get("vocab_size")
+    if type(vocab_size) is not int or not 1 <= vocab_size <= 65536:
+        return f"has a \"vocab_size\" of {vocab_size!r}, not a whole number from 1 to 65536"
+    if meta["tokenizer"] == "char" and not (isinstance(meta.get("chars"), str) and len(meta["chars"]) == vocab_size):
+        return f"needs \"chars\", a string of its vocab_size ({vocab_size}) characters"
+    if meta["tokenizer"] == "gpt2" and (meta.get("encoding") != "gpt2" or vocab_size != 50257):
+        return "describes GPT-2's BPE but not as GPT-2 has it: \"encoding\" \"gpt2\", \"vocab_size\" 50257"
+    return None
 
 
 def model_vocab_size(meta):
@@ -64,9 +81,22 @@ def char_lookup(alphabet):
     return table
 
 
+def token_bytes(meta):
+    """The length in UTF-8 bytes of each token's text, as a numpy array; a special token has none."""
+    if meta["tokenizer"] == "char":
+        return np.array([len(c.encode("utf-8")) for c in meta["chars"]])
+    enc = gpt2_encoding()
+    return np.array([0 if i == enc.eot_token else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)])
+
+
 def gpt2_encoding():
     import tiktoken
-    return tiktoken.get_encoding("gpt2")
+    enc = tiktoken.get_encoding("gpt2")
+    # tiktoken before 0.11 turns the text "<|endoftext|>" into the special token even when told not to
+    if enc.encode_to_numpy("<|endoftext|>", disallowed_special=()).tolist() != enc.encode_ordinary("<|endoftext|>"):
+        fail(f"tiktoken {tiktoken.__version__} encodes the text <|endoftext|> as a special token: "
+             f"pip install 'tiktoken>=0.11'")
+    return enc
 
 
 def gpt2_safe_cut(text):

@@ -33,7 +33,7 @@ from files import make_dir
 from hf_format import GPT2_MODELS
 from interrupts import catch_stop_signals, stop_requested
 from metrics import MetricsLog, format_duration
-from model import ACTIVATIONS, GPT, GPTConfig
+from model import GPT, GPTConfig
 from tokenizer import model_vocab_size
 
 # -----------------------------------------------------------------------------
@@ -102,14 +102,12 @@ if n_embd % n_head != 0:
     fail(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
 if rotary and n_embd // n_head % 2:
     fail(f"rotary=True turns channels in pairs: the head size n_embd // n_head ({n_embd // n_head}) must be even")
-if activation not in ACTIVATIONS:
-    fail(f"unknown activation '{activation}': use {', '.join(ACTIVATIONS)}")
 if fsdp and muon_learning_rate:
     fail("fsdp=True cannot train with Muon, which needs each matrix whole: "
          "use DDP (fsdp=False) or muon_learning_rate=0")
 if compile not in (None, True, False):
     fail(f"compile must be True or False, got {compile!r}")
-data_dir, meta, split_tokens = open_dataset(dataset, block_size)
+data_dir, meta, splits = open_dataset(dataset, block_size)
 
 # Ctrl-C or SIGTERM: finish the current step, save a checkpoint and exit (see interrupts.py)
 catch_stop_signals(announce=int(os.environ.get("RANK", 0)) == 0)
@@ -273,11 +271,12 @@ def estimate_loss():
     model.eval()
     for split in ("train_eval", "val"):
         total = torch.zeros((), device=device)
-        for k in range(ddp_rank, eval_iters, ddp_world_size):
-            X, Y = get_batch(split, batch_size, k)
+        # every process runs as many forward passes, which FSDP needs; batches past eval_iters count for nothing
+        for k in range(ddp_rank, math.ceil(eval_iters / ddp_world_size) * ddp_world_size, ddp_world_size):
+            X, Y = get_batch(split, batch_size, k % eval_iters)
             with autocast:
                 _, loss = model(X, Y)
-            total += loss.float()
+            total += loss.float() * (k < eval_iters)
         if ddp:
             dist.all_reduce(total)
         out["train" if split == "train_eval" else "val"] = total.item() / eval_iters
@@ -289,7 +288,7 @@ def get_lr(it):
     """Linear warmup for warmup_iters, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
+    if it >= lr_decay_iters:  # also when the warmup reaches the horizon
         return min_lr
     decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0

@@ -5,6 +5,7 @@ beside the checkout (no network needed).
 """
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,15 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
         "--device=cpu", "--warmup_iters=5"]
 
 
-def run_script(script, *args, cwd, env=None):
-    """Run one of the project's scripts in cwd, as `python script.py args...`; return the CompletedProcess."""
+def run_script(script, *args, cwd, env=None, max_file_size=None):
+    """
+    Run one of the project's scripts in cwd, as `python script.py args...`; return the CompletedProcess.
+    max_file_size: the most bytes the process may write to a file, as on a disk that fills up.
+    """
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+                          text=True, env={**os.environ, **(env or {})}, timeout=600,
+                          preexec_fn=limit if max_file_size else None)
 
 
 def run_ok(script, *args, cwd):

@@ -91,6 +91,17 @@ def test_values_outside_their_range_are_refused_with_the_range():
 def test_every_range_is_well_formed():
     from configurator import RANGES
     for key, spec in RANGES.items():
+        if isinstance(spec, tuple):
+            assert len(set(spec)) == len(spec) > 1, key
+            continue
         interval = spec.partition("; ")[0]
         low, high = (float(end) for end in interval[1:-1].split(", "))
         assert interval[0] in "[(" and interval[-1] in "])" and low < high, key
+
+
+def test_choices_are_checked_and_match_what_the_code_offers():
+    from configurator import RANGES
+    from model import ACTIVATIONS
+    assert RANGES["activation"] == tuple(ACTIVATIONS)
+    error = pytest.raises(SystemExit, configure, dict(dtype="auto"), ["--dtype=fp8"]).value.code
+    assert error == "error: unknown dtype 'fp8': use auto, float32, bfloat16, float16"

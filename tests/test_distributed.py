@@ -12,10 +12,10 @@ from conftest import ROOT, TINY, assert_clean_error, parse_losses, run_script
 COMMON = [*TINY, "--log_interval=1", "--lr_decay_iters=24", "--eval_interval=8"]
 
 
-def torchrun(cwd, *args, nproc=2):
+def torchrun(cwd, *args, nproc=2, timeout=600):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(ROOT / "train.py"), *COMMON, *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -54,6 +54,18 @@ def test_two_processes_train_the_same_model_as_one(char_data, mode, accumulation
         assert two[0][it] == pytest.approx(one[0][it], abs=2e-4)
     assert two[1][8] == pytest.approx(one[1][8], abs=2e-4)  # the eval loss is averaged over the processes
     assert max_difference(weights(char_data / "one"), weights(char_data / mode)) < 1e-5
+
+
+@pytest.mark.parametrize("layout, options", [("--fsdp=True", ["--eval_iters=3", "--gradient_accumulation_steps=2"]),
+                                             ("--fsdp=False", ["--eval_iters=1", "--rotary=True"])])
+def test_evaluation_under_torchrun_when_the_processes_do_not_divide_eval_iters(char_data, layout, options):
+    """Every forward pass of FSDP, and DDP's first with rotary buffers, needs every process: none may skip one."""
+    args = ["--max_iters=2", "--eval_interval=2", *options]
+    one = parse_losses(single(char_data, *args, "--out_dir=one").stdout)
+    result = torchrun(char_data, *args, "--out_dir=two", layout, timeout=180)  # a hang would take forever
+    assert result.returncode == 0, result.stderr
+    two = parse_losses(result.stdout)
+    assert sorted(two[1]) == [0, 2] and two[1][2] == pytest.approx(one[1][2], abs=2e-4)  # the same batches
 
 
 def test_a_checkpoint_resumes_under_any_process_layout(char_data):

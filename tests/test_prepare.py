@@ -17,8 +17,13 @@ from conftest import (SHAKESPEARE, assert_clean_error, needs_gpt2_bpe, needs_sha
 
 
 def read_dataset(folder):
+    """The ids of each split, and the tokenizer of meta.json, whose record of the splits must match the ids."""
     ids = {split: np.memmap(folder / f"{split}.bin", dtype=np.uint16, mode="r") for split in ("train", "val")}
-    return ids, json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    splits = meta.pop("splits")
+    for split, split_ids in ids.items():
+        assert splits[split]["tokens"] == len(split_ids) and splits[split]["max_id"] == int(split_ids.max())
+    return ids, meta
 
 
 def nanogpt_char_split(text):
@@ -36,6 +41,10 @@ def test_char_level_matches_nanogpt_and_decodes_back(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "data/t_char" in result.stdout and "python train.py --dataset=t_char" in result.stdout
     ids, meta = read_dataset(tmp_path / "data" / "t_char")
+    splits = json.loads((tmp_path / "data" / "t_char" / "meta.json").read_text(encoding="utf-8"))["splits"]
+    n_train = int(len(text) * 0.9)
+    assert [splits[split]["bytes"] for split in ("train", "val")] == [len(text[:n_train].encode()),
+                                                                      len(text[n_train:].encode())]
     chars, train, val = nanogpt_char_split(text)
     assert meta == {"tokenizer": "char", "vocab_size": len(chars), "chars": "".join(chars)}
     assert ids["train"].tolist() == train and ids["val"].tolist() == val
@@ -70,7 +79,7 @@ def test_gpt2_stream_equals_encoding_the_whole_text_at_once():
         text = "".join(rng.choice(alphabet, size=3000))
         cuts = sorted(rng.choice(len(text), size=rng.integers(1, 40), replace=False))
         pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
-        streamed = [t for ids in prepare.gpt2_encode_stream(pieces, enc, n_threads=2) for t in ids]
+        streamed = [t for ids in prepare.gpt2_encode_stream(pieces, enc, 2, "text", 0) for t in ids]
         assert streamed == enc.encode_ordinary(text), trial
 
 

@@ -1,5 +1,7 @@
 """train.py end to end, as a user runs it: training, checkpoints, resume, determinism, bad input."""
 
+import json
+
 import pytest
 import torch
 
@@ -67,6 +69,27 @@ def test_the_cpu_recipe_trains_and_resumes_exactly(char_data):
     assert resumed.returncode == 0, resumed.stderr
     resumed = parse_losses(resumed.stdout)
     assert all(resumed[0][i] == straight[0][i] for i in range(10, 20)) and resumed[1][20] == straight[1][20]
+
+
+def test_a_resume_applies_the_optimizer_settings_it_reports_as_changed(char_data):
+    train(char_data, "--max_iters=4", "--eval_interval=4", "--muon_learning_rate=0.02")
+    result = train(char_data, "--max_iters=6", "--eval_interval=2", "--init_from=resume", "--muon_learning_rate=0.04",
+                   "--weight_decay=0.0", "--beta2=0.9", "--muon_momentum=0.8")
+    for change in ("muon_learning_rate 0.02 -> 0.04", "weight_decay 0.1 -> 0.0", "beta2 0.99 -> 0.9"):
+        assert change in result.stdout
+    decay, no_decay, muon = torch.load(char_data / "out" / "ckpt.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert decay["weight_decay"] == muon["weight_decay"] == 0.0 and decay["betas"] == (0.9, 0.9)
+    assert muon["lr_scale"] == pytest.approx(0.04 / 1e-3) and muon["momentum"] == 0.8
+    # AdamW and Muon keep different states: switching between them is refused
+    assert_clean_error(run_script("train.py", *TINY, "--init_from=resume", cwd=char_data),
+                       "muon_learning_rate 0.04 -> 0.0 would switch between AdamW and Muon")
+
+
+def test_a_warmup_as_long_as_the_decay_horizon_then_trains_at_min_lr(char_data):
+    train(char_data, "--max_iters=4", "--eval_interval=4", "--log_interval=1", "--warmup_iters=2", "--lr_decay_iters=2")
+    records = [json.loads(line) for line in open(char_data / "out" / "metrics.jsonl", encoding="utf-8")]
+    lrs = [r["lr"] for r in records if r["kind"] == "iter"]
+    assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-4, 1e-4])
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(char_data):
