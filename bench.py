@@ -2,8 +2,8 @@
 Measure this repository's speed on this machine, each figure beside a baseline measured in the same run, so
 that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
 
-    python prepare.py && python bench.py      # train, recipe, sample and prepare: about 10 minutes on 2 cores
-    python bench.py --part=train              # one part: train, recipe, sample, prepare, or ablation
+    python prepare.py && python bench.py      # train, recipe, sample and prepare: about 20 minutes on 2 cores
+    python bench.py --part=train              # one part: train, recipe, sample, prepare, tokenizers or ablation
     python bench.py --part=recipe --recipe_repeats=3
     python bench.py --part=recipe --device=cuda   # the GPU recipe against nanoGPT's GPU command
     python bench.py --part=train --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
@@ -14,18 +14,22 @@ that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
   same step with nanoGPT's optimizer (PyTorch's fused AdamW only on CUDA), and the step's matrix products
   alone, which bound what the step can reach. MFU is against the device's peak: on a CPU, an fp32 matrix
   product timed before every round of steps.
-- recipe: config/shakespeare_char_cpu.py against nanoGPT's CPU command, each run through train.py: wall
-  time of the whole process, final and best val loss. With --device=cuda, the GPU recipe
-  (config/shakespeare_char.py) against nanoGPT's GPU command (its config/train_shakespeare_char.py, compiled).
+- recipe: config/shakespeare_char_cpu.py and config/shakespeare_bpe_cpu.py (with prepare.py --tokenizer=bpe)
+  against nanoGPT's CPU command, each run through train.py: wall time of the whole processes, final and best val
+  loss and bits per byte. With --device=cuda, the GPU recipe (config/shakespeare_char.py) against nanoGPT's GPU
+  command (its config/train_shakespeare_char.py, compiled).
 - sample: tokens/s of greedy generation without the KV cache (the whole context through the model for every
   token, as nanoGPT does), with it, and with it as sample.py runs on a CPU (the weights laid out for sampling,
   ATen's GELU in place of oneDNN's), on a 6 x 6 x 384 model with GPT-2's vocabulary, 64 new tokens after a
   256-token prompt; then 2,000 tokens with sample.py's settings from the recipe's checkpoint (the recipe
   part's, or out/ckpt.pt).
-- prepare: MB/s of prepare.py on 200 MB of text at character level and 50 MB with GPT-2's BPE (Tiny
-  Shakespeare repeated), against nanoGPT's way (the whole text in memory, a Python dict per character,
+- prepare: MB/s and peak memory of prepare.py on 200 MB of text at character level and 50 MB with GPT-2's BPE
+  (Tiny Shakespeare repeated), against nanoGPT's way (the whole text in memory, a Python dict per character,
   tiktoken's encode_ordinary on one core), each timed as a whole process; both must write the same token ids.
-- ablation (not part of 'all'): the recipe with one of its parts taken out at a time.
+  Then a learned BPE on both files: learning, then encoding.
+- tokenizers (not part of 'all'): characters, learned BPEs of 512, 1024 and 2048 tokens, and GPT-2's BPE, each
+  with the best CPU settings found, in val bits per byte and the wall time of prepare.py and train.py.
+- ablation (not part of 'all'): the character recipe with one of its parts taken out at a time.
 The data: data/shakespeare_char as `python prepare.py` makes it; GPT-2's BPE files for the prepare part.
 """
 
@@ -78,6 +82,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join("data", "shakespeare_char")
 RECIPE = os.path.join(ROOT, "config", "shakespeare_char_cpu.py")
 GPU_RECIPE = os.path.join(ROOT, "config", "shakespeare_char.py")
+BPE_RECIPE = os.path.join(ROOT, "config", "shakespeare_bpe_cpu.py")
 # nanoGPT's config/train_shakespeare_char.py spelled out; its CPU command (from its README) adds flags to it
 NANOGPT_CONFIG = ["--eval_interval=250", "--eval_iters=200", "--log_interval=10", "--always_save_checkpoint=False",
                   "--batch_size=64", "--block_size=256", "--n_layer=6", "--n_head=6", "--n_embd=384", "--dropout=0.2",
@@ -292,6 +297,12 @@ os.makedirs(out_dir, exist_ok=True)
 np.array(encode(train_data), dtype=np.uint16).tofile(os.path.join(out_dir, "train.bin"))
 np.array(encode(val_data), dtype=np.uint16).tofile(os.path.join(out_dir, "val.bin"))
 """
+# prepare.py as a user runs it, in a process that then prints its peak memory in kB: Linux's VmHWM, which starts
+# afresh at exec (ru_maxrss would count the memory of bench.py, from which the process was forked)
+PREPARE_WITH_PEAK = ("import os, runpy, sys; sys.argv = sys.argv[1:]; "
+                     "sys.path.insert(0, os.path.dirname(sys.argv[0])); "
+                     "runpy.run_path(sys.argv[0], run_name='__main__'); "
+                     "print('peak', next(line.split()[1] for line in open('/proc/self/status') if 'VmHWM' in line))")
 
 
 def run(args, cwd):
@@ -303,32 +314,47 @@ def run(args, cwd):
     return result.stdout, time.perf_counter() - t0
 
 
+def run_prepare(args, cwd):
+    """prepare.py with args: (wall seconds, peak memory in MB, seconds spent learning a BPE)."""
+    stdout, wall = run([sys.executable, "-c", PREPARE_WITH_PEAK, os.path.join(ROOT, "prepare.py"), *args], cwd)
+    lines = stdout.splitlines()
+    learned = [line for line in lines if line.startswith("learned a BPE")]
+    return wall, int(lines[-1].split()[1]) / 1024, float(learned[0].split(" in ")[1].rstrip("s")) if learned else 0.0
+
+
 def bench_prepare():
     source = os.path.join(DATA_DIR, "input.txt")
     if not os.path.exists(source):
         fail(f"{source} is missing: run python prepare.py first")
     with open(source, encoding="utf-8") as f:
         text = f.read()
-    print("\n## prepare: Tiny Shakespeare repeated; the whole process of prepare.py and of nanoGPT's way, median of 3 "
-          "runs each")
+    print("\n## prepare: Tiny Shakespeare repeated; whole processes, median of 3 runs each")
     with tempfile.TemporaryDirectory() as tmp:
-        for tokenizer, megabytes in (("char", char_megabytes), ("gpt2", gpt2_megabytes)):
-            path = os.path.join(tmp, f"text_{megabytes}mb.txt")
-            with open(path, "w", encoding="utf-8") as f:
+        paths = {}
+        for megabytes in (char_megabytes, gpt2_megabytes):
+            paths[megabytes] = os.path.join(tmp, f"text_{megabytes}mb.txt")
+            with open(paths[megabytes], "w", encoding="utf-8") as f:
                 f.write(text * -(-megabytes * 10**6 // len(text)))  # at least that many megabytes
-            ours, theirs = [], []
-            theirs_dir = os.path.join(tmp, "data", f"nanogpt_{tokenizer}")
-            for _ in range(3):
-                ours.append(run([sys.executable, os.path.join(ROOT, "prepare.py"), f"--input={path}",
-                                 f"--tokenizer={tokenizer}", f"--dataset=ours_{tokenizer}"], cwd=tmp)[1])
-                theirs.append(run([sys.executable, "-c", NANOGPT_PREPARE, path, theirs_dir, tokenizer], cwd=tmp)[1])
+        for tokenizer, megabytes in (("char", char_megabytes), ("gpt2", gpt2_megabytes)):
+            path, theirs_dir = paths[megabytes], os.path.join(tmp, "data", f"nanogpt_{tokenizer}")
+            ours = [run_prepare([f"--input={path}", f"--tokenizer={tokenizer}", f"--dataset=ours_{tokenizer}"], tmp)
+                    for _ in range(3)]
+            theirs = [run([sys.executable, "-c", NANOGPT_PREPARE, path, theirs_dir, tokenizer], tmp)[1]
+                      for _ in range(3)]
             ours_dir = os.path.join(tmp, "data", f"ours_{tokenizer}")
             same = all(same_token_ids(os.path.join(ours_dir, name), os.path.join(theirs_dir, name))
                        for name in ("train.bin", "val.bin"))
-            size, ours, theirs = os.path.getsize(path) / 1e6, median(ours), median(theirs)
-            print(f"{tokenizer:4s} {size:5.0f} MB: prepare.py {size / ours:6.1f} MB/s ({ours:5.1f}s), nanoGPT's way "
-                  f"{size / theirs:6.1f} MB/s ({theirs:5.1f}s), speedup {theirs / ours:.2f}x, "
-                  f"same token ids: {'yes' if same else 'NO'}")
+            size, (wall, peak, _), theirs = os.path.getsize(path) / 1e6, np.median(ours, axis=0), median(theirs)
+            print(f"{tokenizer:4s} {size:5.0f} MB: prepare.py {size / wall:6.1f} MB/s ({wall:5.1f}s, peak memory "
+                  f"{peak:4.0f} MB), nanoGPT's way {size / theirs:6.1f} MB/s ({theirs:5.1f}s), speedup "
+                  f"{theirs / wall:.2f}x, same token ids: {'yes' if same else 'NO'}")
+        for megabytes in (gpt2_megabytes, char_megabytes):  # a BPE of the default size, learned, then encoded
+            path = paths[megabytes]
+            rows = [run_prepare([f"--input={path}", "--tokenizer=bpe", "--dataset=ours_bpe"], tmp) for _ in range(3)]
+            size, (wall, peak, learning) = os.path.getsize(path) / 1e6, np.median(rows, axis=0)
+            print(f"bpe  {size:5.0f} MB: prepare.py {size / wall:6.1f} MB/s ({wall:5.1f}s, peak memory "
+                  f"{peak:4.0f} MB), of which learning from train {learning:4.1f}s ({size * 0.9 / learning:4.1f} "
+                  f"MB/s), encoding and writing {wall - learning:4.1f}s ({size / (wall - learning):4.1f} MB/s)")
 
 
 def same_token_ids(a, b):
@@ -336,70 +362,104 @@ def same_token_ids(a, b):
 
 
 # -----------------------------------------------------------------------------
-# recipe: our recipe against nanoGPT's command for the device (CPU or GPU), each through train.py
+# recipe, tokenizers: whole processes through prepare.py (where a recipe needs data of its own) and train.py,
+# in a working folder that sees data/shakespeare_char
 
-def val_losses(stdout):
-    """The final val loss that train.py printed, and the best one with its iteration."""
-    final = float([line for line in stdout.splitlines() if line.startswith("step ")][-1].split("val loss ")[1])
-    done = next(line for line in stdout.splitlines() if line.startswith("done: best val loss "))
-    best, best_iter = done.removeprefix("done: best val loss ").split(",")[0].split(" at iter ")
-    return final, float(best), int(best_iter)
+def val_figures(stdout):
+    """The final val loss and bits per byte that train.py printed, and its best val loss, bpb and iteration."""
+    steps = [line for line in stdout.splitlines() if line.startswith("step ")]
+    loss, bpb = ([float(line.split(f"{key} ")[1].split(",")[0]) for line in steps] for key in ("val loss", "val bpb"))
+    best = min(range(len(steps)), key=lambda i: loss[i])
+    return loss[-1], bpb[-1], loss[best], bpb[best], int(steps[best].split(":")[0].split()[1])
 
 
-def train_runs(runs, out_dir):
+def recipe_runs(runs, work_dir):
     """
-    Run train.py for each (name, args), recipe_repeats times in turn, each time with the next seed (a repeated
-    seed would repeat the loss); print the median wall time and val losses.
+    For each (name, prepare.py args or None, train.py args), recipe_repeats times in turn, each time with the next
+    seed (a repeated seed would repeat the loss), run prepare.py and train.py in work_dir, the checkpoint going to
+    out_dir_of(name); print the medians of the wall time of both, prepare included, and of the val figures.
     """
-    results = {name: [] for name, _ in runs}
+    results = {name: [] for name, _, _ in runs}
     for repeat in range(recipe_repeats):
-        for name, args in runs:
-            stdout, wall = run([sys.executable, os.path.join(ROOT, "train.py"), *args, f"--seed={seed + repeat}",
-                                f"--out_dir={out_dir}"], cwd=".")
-            results[name].append((wall, *val_losses(stdout)))
+        for name, prepare_args, train_args in runs:
+            prepare_wall = run_prepare(prepare_args, work_dir)[0] if prepare_args else 0.0
+            stdout, wall = run([sys.executable, os.path.join(ROOT, "train.py"), *train_args, f"--seed={seed + repeat}",
+                                f"--out_dir={out_dir_of(name)}"], work_dir)
+            results[name].append((prepare_wall + wall, *val_figures(stdout)))
     for name, rows in results.items():
-        walls, losses, bests, best_iters = zip(*rows)
-        each = ""
-        if len(rows) > 1:
-            each = f"  (median of {len(rows)} seeds: {', '.join(f'{loss:.4f}' for loss in losses)})"
-        print(f"{name:38s} {median(walls):6.1f}s  final val loss {median(losses):.4f}, best {median(bests):.4f} "
-              f"(iter {median(best_iters):.0f}){each}")
+        walls, losses, bpbs, bests, best_bpbs, best_iters = zip(*rows)
+        each = f"  (median of {len(rows)} seeds: {', '.join(f'{bpb:.3f}' for bpb in bpbs)})" if len(rows) > 1 else ""
+        print(f"{name:38s} {median(walls):6.1f}s  final val bpb {median(bpbs):.3f} (loss {median(losses):.4f}), best "
+              f"{median(best_bpbs):.3f} (loss {median(bests):.4f}, iter {median(best_iters):.0f}){each}")
 
 
-def bench_recipe(out_dir):
-    print("\n## recipe: the whole train.py process, on data/shakespeare_char")
+def out_dir_of(name):
+    return "out-" + "".join(c if c.isalnum() else "-" for c in name)
+
+
+def working_folder(tmp):
+    """tmp with data/shakespeare_char in it (a link), where recipes prepare and train as in a checkout."""
     if not os.path.exists(os.path.join(DATA_DIR, "val.bin")):
         fail(f"{DATA_DIR} is not prepared: run python prepare.py first")
+    os.makedirs(os.path.join(tmp, "data"))
+    os.symlink(os.path.abspath(DATA_DIR), os.path.join(tmp, DATA_DIR))
+    return tmp
+
+
+def bpe_prepare(*args):
+    """prepare.py's arguments for a BPE of Tiny Shakespeare, from data/shakespeare_char's copy of the text."""
+    return [f"--input={os.path.abspath(os.path.join(DATA_DIR, 'input.txt'))}", *args]
+
+
+def bench_recipe(work_dir):
+    print("\n## recipe: the whole prepare.py and train.py processes; val bits per byte of the text")
     if device_type == "cuda":
-        train_runs([("nanoGPT's GPU command", NANOGPT_GPU + [f"--device={device}"]),
-                    ("config/shakespeare_char.py", [GPU_RECIPE, f"--device={device}"])], out_dir)
+        recipe_runs([("nanoGPT's GPU command", None, NANOGPT_GPU + [f"--device={device}"]),
+                     ("config/shakespeare_char.py", None, [GPU_RECIPE, f"--device={device}"])], work_dir)
     else:
-        train_runs([("nanoGPT's CPU command", NANOGPT_CPU),
-                    ("config/shakespeare_char_cpu.py", [RECIPE, "--device=cpu"])], out_dir)
+        recipe_runs([("nanoGPT's CPU command", None, NANOGPT_CPU),
+                     ("config/shakespeare_char_cpu.py", None, [RECIPE, "--device=cpu"]),
+                     ("config/shakespeare_bpe_cpu.py", bpe_prepare("--tokenizer=bpe", "--dataset=shakespeare_bpe"),
+                      [BPE_RECIPE, "--device=cpu"])], work_dir)
 
 
-def bench_ablation(out_dir):
+def bench_tokenizers(work_dir):
+    print("\n## tokenizers: each with the best CPU settings found, prepare.py and train.py; val bits per byte")
+    steps = lambda n: [f"--max_iters={n}", f"--lr_decay_iters={n}", f"--eval_interval={n}"]
+    recipe_runs([("characters (config/shakespeare_char_cpu.py)", None, [RECIPE]),
+                 ("BPE of 512", bpe_prepare("--tokenizer=bpe", "--vocab_size=512", "--dataset=bpe512"),
+                  [BPE_RECIPE, "--dataset=bpe512", *steps(760)]),
+                 ("BPE of 1024 (config/shakespeare_bpe_cpu.py)", bpe_prepare("--tokenizer=bpe"), [BPE_RECIPE]),
+                 ("BPE of 2048", bpe_prepare("--tokenizer=bpe", "--vocab_size=2048", "--dataset=bpe2048"),
+                  [BPE_RECIPE, "--dataset=bpe2048", *steps(580)]),
+                 ("GPT-2's BPE (50257)", bpe_prepare("--tokenizer=gpt2", "--dataset=gpt2"),
+                  [BPE_RECIPE, "--dataset=gpt2", *steps(160), "--batch_size=6", "--warmup_iters=10",
+                   "--learning_rate=1e-2", "--muon_learning_rate=0.07"])], work_dir)
+
+
+def bench_ablation(work_dir):
     print("\n## ablation: config/shakespeare_char_cpu.py with one change at a time, the same number of steps")
-    if not os.path.exists(os.path.join(DATA_DIR, "val.bin")):
-        fail(f"{DATA_DIR} is not prepared: run python prepare.py first")
-    train_runs([("the recipe", [RECIPE]),
-                ("AdamW instead of Muon", [RECIPE, "--muon_learning_rate=0.0"]),
-                ("learned positions instead of rotary", [RECIPE, "--rotary=False"]),
-                ("no QK-norm", [RECIPE, "--qk_norm=False", "--attn_scale=1.0"]),
-                ("attention at the usual scale", [RECIPE, "--attn_scale=1.0"])], out_dir)
+    recipe_runs([("the recipe", None, [RECIPE]),
+                 ("AdamW instead of Muon", None, [RECIPE, "--muon_learning_rate=0.0"]),
+                 ("learned positions instead of rotary", None, [RECIPE, "--rotary=False"]),
+                 ("no QK-norm", None, [RECIPE, "--qk_norm=False", "--attn_scale=1.0"]),
+                 ("attention at the usual scale", None, [RECIPE, "--attn_scale=1.0"])], work_dir)
 
 
 # -----------------------------------------------------------------------------
 
 print(f"# bench.py on {machine()}; torch {torch.__version__}, device {device}, dtype {dtype}")
-with tempfile.TemporaryDirectory() as recipe_dir:
+with tempfile.TemporaryDirectory() as tmp:
+    work_dir = working_folder(tmp) if part in ("all", "recipe", "tokenizers", "ablation") else None
     if part in ("all", "train"):
         bench_train()
     if part in ("all", "recipe"):
-        bench_recipe(recipe_dir)
-    if part in ("all", "sample"):
-        bench_sample(recipe_dir if part == "all" else "out")
+        bench_recipe(work_dir)
+    if part in ("all", "sample"):  # after the recipes, from the character recipe's model
+        bench_sample(os.path.join(work_dir, out_dir_of("config/shakespeare_char_cpu.py")) if part == "all" else "out")
     if part in ("all", "prepare"):
         bench_prepare()
+    if part == "tokenizers":
+        bench_tokenizers(work_dir)
     if part == "ablation":
-        bench_ablation(recipe_dir)
+        bench_ablation(work_dir)

@@ -54,12 +54,17 @@ def load_checkpoint(path):
     return model, checkpoint["tokenizer"]
 
 
-def resume_settings(checkpoint, model_args, config):
+def resume_settings(checkpoint, model_args, config, tokenizer):
     """
-    (model_args, changes) for resuming checkpoint with this run's model_args and config: the model must be the
-    checkpoint's, or ValueError says how it differs (a pretrained model's shape is taken from the checkpoint);
-    changes lists the other settings that differ from the checkpoint's.
+    (model_args, changes) for resuming checkpoint with this run's model_args, config and dataset's tokenizer:
+    the tokenizer and the model must be the checkpoint's, or ValueError says how they differ (a pretrained
+    model's shape is taken from the checkpoint); changes lists the other settings that differ.
     """
+    if checkpoint["tokenizer"] != tokenizer:
+        describe = lambda t: f"{t['tokenizer']}, {t['vocab_size']} tokens"
+        raise ValueError(f"the checkpoint was trained with another tokenizer ({describe(checkpoint['tokenizer'])}) "
+                         f"than data/{config['dataset']}'s ({describe(tokenizer)}); resume with the dataset it was "
+                         f"trained on, or start a new --out_dir")
     # a checkpoint from before an architecture option existed was trained with GPTConfig's default for it
     saved_args = {**asdict(GPTConfig()), **checkpoint["model_args"]}
     if checkpoint.get("pretrained"):  # the shape came from the pretrained model, not from this config

@@ -41,9 +41,9 @@ RANGES = {
     "num_samples": "[1, inf)", "max_new_tokens": "[0, inf)", "top_k": "[0, inf)", "top_p": "(0, 1]",
     "temperature": "(0, inf); for nearly greedy sampling use e.g. 0.01 or --top_k=1",
     # prepare.py
-    "val_fraction": "(0, 1)", "vocab_size": "[1, 65536]", "tokenizer": ("char", "gpt2"),
+    "val_fraction": "(0, 1)", "vocab_size": "[1, 65536]", "tokenizer": ("char", "gpt2", "bpe"),
     # bench.py
-    "part": ("all", "train", "recipe", "sample", "prepare", "ablation"), "rounds": "[1, inf)",
+    "part": ("all", "train", "recipe", "sample", "prepare", "tokenizers", "ablation"), "rounds": "[1, inf)",
     "steps_per_round": "[1, inf)", "recipe_repeats": "[1, inf)", "char_megabytes": "[1, inf)",
     "gpt2_megabytes": "[1, inf)",
 }

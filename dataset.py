@@ -7,9 +7,11 @@ holds: its tokens, the UTF-8 bytes of its text, and its largest token id.
   that matches meta.json, and no id beyond the vocabulary. Each failure is one line that names the file and
   the command that makes the folder again.
 - count_ids, split_stats: what meta.json records of a split, from its token ids.
+- bits_per_byte: a loss per token as bits per byte of text, which compares tokenizers on one scale.
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -21,12 +23,13 @@ from tokenizer import token_bytes, tokenizer_problem
 
 SPLITS = ("train", "val")
 CHUNK_IDS = 1 << 24  # ids counted at a time when a folder is checked
+PREPARE_FLAGS = {"shakespeare_char": "", "shakespeare": " --tokenizer=gpt2", "shakespeare_bpe": " --tokenizer=bpe"}
 
 
 def open_dataset(dataset, block_size):
     """(data_dir, tokenizer description, {split: stats}) of data/DATASET, checked (see above)."""
     data_dir = os.path.join("data", dataset)
-    remake = "python prepare.py" + (f" --input=YOUR_TEXT --dataset={dataset}" if dataset != "shakespeare_char" else "")
+    remake = "python prepare.py" + PREPARE_FLAGS.get(dataset, f" --input=YOUR_TEXT --dataset={dataset}")
     paths = {name: os.path.join(data_dir, name) for name in ("train.bin", "val.bin", "meta.json")}
     missing = [path for path in paths.values() if not os.path.exists(path)]
     if missing:
@@ -87,3 +90,8 @@ def split_stats(counts, tokenizer):
     present = np.flatnonzero(counts)
     return {"tokens": int(counts.sum()), "bytes": int(counts[:len(lengths)] @ lengths),
             "max_id": int(present[-1]) if len(present) else -1}
+
+
+def bits_per_byte(loss, stats):
+    """A loss in nats per token of a split as bits per UTF-8 byte of its text, at the split's bytes per token."""
+    return loss / math.log(2) * stats["tokens"] / max(stats["bytes"], 1)

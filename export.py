@@ -1,22 +1,25 @@
 """
-Export a model that train.py trained in Hugging Face's GPT-2 format: config.json and model.safetensors.
+Export a model that train.py trained in Hugging Face's GPT-2 format: config.json and model.safetensors, and for a
+model with its own BPE (prepare.py --tokenizer=bpe) that tokenizer, as tokenizer.json and tokenizer_config.json.
 
     python export.py                                        # out/ckpt.pt -> out/hf/
     python export.py --out_dir=out-big --export_dir=big-gpt2
 
-transformers reads the folder (GPT2LMHeadModel.from_pretrained("out/hf"), with GPT-2's tokenizer:
-AutoTokenizer.from_pretrained("gpt2")), and so do train.py and sample.py (--init_from=out/hf). Only
-models that use GPT-2's BPE are exported, since that is the tokenizer GPT-2's tools pair with the format.
-A model trained without biases gets zero biases, and a vocabulary padded to 50304 stays padded: the
-exported model computes exactly what the checkpoint does. Needs safetensors (pip install safetensors).
+transformers reads the folder: GPT2LMHeadModel.from_pretrained("out/hf"), and AutoTokenizer.from_pretrained
+("out/hf") for a model's own BPE or ("gpt2") for GPT-2's; so do train.py and sample.py (--init_from=out/hf) for
+GPT-2's. Character-level models are not exported. A model trained without biases gets zero biases, and a padded
+vocabulary stays padded: the exported model computes exactly what the checkpoint does. Needs safetensors.
 """
 
+import json
 import os
 import sys
 
 from checkpoint import load_checkpoint
 from configurator import configure, fail
+from files import replaced_atomically
 from hf_format import save_pretrained
+from tokenizer import EOT, hf_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # where train.py wrote ckpt.pt
@@ -31,12 +34,23 @@ try:
     model, tokenizer = load_checkpoint(ckpt_path)
 except ValueError as e:
     fail(str(e))
-if tokenizer["tokenizer"] != "gpt2":
-    fail(f"{ckpt_path} is a {tokenizer['tokenizer']}-level model: only models that use GPT-2's BPE "
-         f"(prepare.py --tokenizer=gpt2) can be exported in GPT-2's format")
+if tokenizer["tokenizer"] == "char":
+    fail(f"{ckpt_path} is a char-level model: only BPE models, with GPT-2's BPE (prepare.py --tokenizer=gpt2) or "
+         f"one learned from the text (--tokenizer=bpe), can be exported in GPT-2's format")
 try:
-    save_pretrained(model, export_dir)
+    save_pretrained(model, export_dir, eot_id=tokenizer["vocab_size"] - 1)
 except (ValueError, ImportError, OSError) as e:
     fail(f"cannot export to {export_dir}: {e}")
 print(f"wrote {export_dir}/config.json and model.safetensors ({model.get_num_params() / 1e6:.2f}M parameters)")
-print(f"sample from it with: python sample.py --init_from={export_dir}")
+if tokenizer["tokenizer"] == "gpt2":
+    print(f"sample from it with: python sample.py --init_from={export_dir}")
+else:  # the model's own BPE, in the files that AutoTokenizer reads
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT,
+                        "model_max_length": model.config.block_size, "clean_up_tokenization_spaces": False}
+    paths = [os.path.join(export_dir, name) for name in ("tokenizer.json", "tokenizer_config.json")]
+    with replaced_atomically(*paths, what="tokenizer") as [json_tmp, config_tmp]:
+        with open(json_tmp, "w", encoding="utf-8") as f:
+            f.write(hf_tokenizer(tokenizer).to_str())
+        with open(config_tmp, "w", encoding="utf-8") as f:
+            json.dump(tokenizer_config, f, indent=2)
+    print(f"wrote {paths[0]} and {paths[1]}: its BPE of {tokenizer['vocab_size']} tokens")

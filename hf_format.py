@@ -59,12 +59,12 @@ def load_pretrained(name_or_path, override_args=None):
     return model
 
 
-def save_pretrained(model, folder):
+def save_pretrained(model, folder, eot_id=50256):
     """
     Write folder/config.json and folder/model.safetensors in Hugging Face's GPT-2 format, which transformers
-    (GPT2LMHeadModel.from_pretrained) and load_pretrained read. GPT-2 has biases everywhere: a model without
-    them gets zero biases, which compute the same. A model with an option beyond GPT-2 (rotary, qk_norm,
-    attn_scale) cannot be written so: ValueError.
+    (GPT2LMHeadModel.from_pretrained) and load_pretrained read; eot_id is the tokenizer's <|endoftext|>. GPT-2
+    has biases everywhere: a model without them gets zero biases, which compute the same. A model with an option
+    beyond GPT-2 (rotary, qk_norm, attn_scale) cannot be written so: ValueError.
     """
     cfg = model.config
     beyond = [name for name, on in (("rotary", cfg.rotary), ("qk_norm", cfg.qk_norm),
@@ -82,7 +82,8 @@ def save_pretrained(model, folder):
     config = dict(GPT2_DEFAULTS, architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
                   n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
                   activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
-                  attn_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
+                  attn_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, resid_pdrop=cfg.dropout, bos_token_id=eot_id,
+                  eos_token_id=eot_id)
     make_dir(folder, "the model folder")
     paths = [os.path.join(folder, name) for name in ("model.safetensors", "config.json")]
     with replaced_atomically(*paths, what="model") as [weights_tmp, config_tmp]:

@@ -59,7 +59,8 @@ class MetricsLog:
         if self.wandb:
             mfu = next((r["mfu"] for r in reversed(self.records) if r["kind"] == "iter"), 0.0)
             self.wandb.log({"iter": record["iter"], "train/loss": record["train_loss"], "val/loss": record["val_loss"],
-                            "lr": record["lr"], "mfu": mfu * 100})
+                            "train/bpb": record["train_bpb"], "val/bpb": record["val_bpb"], "lr": record["lr"],
+                            "mfu": mfu * 100})
 
     def close(self):
         self.file.close()
@@ -110,6 +111,10 @@ def plot_losses(records, path, title):
         tokens = ax.secondary_xaxis("top", functions=(lambda i: i * tokens_per_iter / 1e6,
                                                       lambda t: t * 1e6 / tokens_per_iter))
         tokens.set_xlabel("tokens seen (millions)")
+    if "val_bpb" in evals[-1]:  # bits per byte of val text are the val loss times a constant
+        per_nat = evals[-1]["val_bpb"] / evals[-1]["val_loss"]
+        ax.secondary_yaxis("right", functions=(lambda loss: loss * per_nat, lambda bpb: bpb / per_nat)).set_ylabel(
+            "val bits per byte")
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy loss")
     ax.set_title(title, fontsize=10)

@@ -302,17 +302,19 @@ class GPT(nn.Module):
         return flops_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, n_tokens=None):
         """
         Continue each row of idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
         Call model.eval() first. See generate_stream for how the context is handled.
         """
-        return torch.cat([idx, *self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p)], dim=1)
+        tokens = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, n_tokens)
+        return torch.cat([idx, *tokens], dim=1)
 
     @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, n_tokens=None):
         """
-        Yield the new tokens (B, 1) of each row of idx (B, T) one step at a time, as they are sampled.
+        Yield the new tokens (B, 1) of each row of idx (B, T) one step at a time, as they are sampled: from the
+        first n_tokens ids only if given, the tokenizer's, so that the vocabulary's padding is never drawn.
         The prompt is processed once into a KV cache, then each new token costs one single-token step.
         Within block_size this gives exactly what recomputing the whole context at every step gives.
         Past block_size the learned position embeddings have no room left, so when the cache is full
@@ -331,7 +333,7 @@ class GPT(nn.Module):
             # its tensors stay inside (the cache, fresh), the caller gets ordinary ones
             with torch.inference_mode():
                 logits, _ = self(fresh, cache=cache)
-                fresh = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
+                fresh = sample_next(logits[:, -1, :n_tokens], temperature, top_k, top_p)  # (B, 1)
             idx = torch.cat((idx, fresh), dim=1)
             yield idx[:, -1:]
 

@@ -3,15 +3,17 @@ Turn a text file, or a collection of documents, into the token ids that train.py
 
     python prepare.py                        # Tiny Shakespeare, one token per character -> data/shakespeare_char/
     python prepare.py --tokenizer=gpt2       # Tiny Shakespeare, GPT-2's BPE             -> data/shakespeare/
+    python prepare.py --tokenizer=bpe        # Tiny Shakespeare, a BPE learned from it   -> data/shakespeare_bpe/
     python prepare.py --input=notes.txt      # your own UTF-8 text                       -> data/notes_char/
+    python prepare.py --input=notes.txt --tokenizer=bpe --vocab_size=2048              # -> data/notes_bpe/
     python prepare.py --input=https://example.com/book.txt --dataset=book
     python prepare.py --input=docs.jsonl --tokenizer=gpt2               # documents      -> data/docs/
     python prepare.py --input=hf:Skylion007/openwebtext --tokenizer=gpt2  # a Hugging Face dataset -> data/openwebtext/
 
 It writes data/DATASET/train.bin and val.bin (the token ids as raw uint16) and meta.json (the tokenizer, see
 tokenizer.py). A text's first (1 - val_fraction) of characters are the training split, the rest val; documents
-(see documents.py) go whole to one split or the other. The input is streamed, so memory stays flat however
-large it is, and the files appear only once they are complete.
+(see documents.py) go whole to one split or the other. A BPE is learned from the training split alone. The
+input is streamed, so memory stays flat however large it is, and the files appear only once they are complete.
 """
 
 import itertools
@@ -31,7 +33,7 @@ from configurator import configure, fail, open_file
 from dataset import SPLITS, split_stats
 from documents import batched_documents, document_suffix, is_url, read_documents, split_documents
 from files import make_dir, replaced_atomically
-from tokenizer import GPT2_META, char_lookup, char_meta, code_points, gpt2_encoding, gpt2_safe_cut
+from tokenizer import GPT2_META, bpe_safe_cut, char_lookup, char_meta, code_points, learn_bpe, tiktoken_encoding
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CHUNK_CHARS = 1 << 20  # characters read (or documents encoded) at a time: memory stays at a few tens of MB
@@ -39,20 +41,21 @@ CHUNK_CHARS = 1 << 20  # characters read (or documents encoded) at a time: memor
 # -----------------------------------------------------------------------------
 # default config values, overridden by --key=value flags (see configurator.py)
 input = ""  # a text, .jsonl or .parquet file, an http(s) URL of one, or hf:NAME[:CONFIG]; empty: Tiny Shakespeare
-dataset = ""  # output folder data/DATASET; empty: shakespeare_char / shakespeare, or the input file's name
-tokenizer = "char"  # 'char' (one token per distinct character) or 'gpt2' (tiktoken's GPT-2 BPE)
+dataset = ""  # output folder data/DATASET; empty: shakespeare_char / shakespeare / shakespeare_bpe, or the input's name
+tokenizer = "char"  # 'char' (one token per distinct character), 'gpt2' (GPT-2's BPE) or 'bpe' (learned from the text)
+vocab_size = 1024  # --tokenizer=bpe: the BPE's tokens, 256 bytes, the merges learned and <|endoftext|>
 val_fraction = 0.1  # the share kept for validation: the end of a text, or one in every 1/val_fraction documents
 # -----------------------------------------------------------------------------
 
 
 def default_dataset(input, tokenizer):
-    """data/ folder name: shakespeare_char or shakespeare for Tiny Shakespeare, else the input file's stem."""
-    if not input:
-        return "shakespeare_char" if tokenizer == "char" else "shakespeare"
+    """data/ folder name: shakespeare for Tiny Shakespeare, else the input file's stem; _char or _bpe after it."""
+    stem = "shakespeare"
     if input.startswith("hf:"):
-        input = input[len("hf:"):].partition(":")[0]  # hf:Skylion007/openwebtext -> openwebtext
-    stem = os.path.splitext(os.path.basename(input.rstrip("/")))[0] or "text"
-    return f"{stem}_char" if tokenizer == "char" else stem
+        stem = input[len("hf:"):].partition(":")[0].rstrip("/").rpartition("/")[2]  # hf:Skylion007/openwebtext
+    elif input:
+        stem = os.path.splitext(os.path.basename(input.rstrip("/")))[0] or "text"
+    return stem if tokenizer == "gpt2" else f"{stem}_{tokenizer}"
 
 
 def download(url, dest):
@@ -108,10 +111,10 @@ def scan(texts, want_alphabet):
     return n_chars, alphabet
 
 
-def split_chunks(path, n_train):
+def split_chunks(path, n_train, desc="encoding"):
     """Yield (split, text) pieces of path in order: the first n_train characters are 'train', the rest 'val'."""
     position = 0
-    for chunk in read_chunks(path, "encoding"):
+    for chunk in read_chunks(path, desc):
         cut = min(max(n_train - position, 0), len(chunk))
         if cut > 0:
             yield "train", chunk[:cut]
@@ -123,7 +126,7 @@ def split_chunks(path, n_train):
 # -----------------------------------------------------------------------------
 # encoding a split on several threads: tiktoken lets go of the GIL while it encodes
 
-def gpt2_ids(enc, text, where, start=0):
+def bpe_ids(enc, text, where, start=0):
     """
     GPT-2 token ids of text as uint16, special-token text encoded as ordinary text (as encode_ordinary does).
     where names the text, and start is its first character's position there, for the error tiktoken can give.
@@ -136,35 +139,35 @@ def gpt2_ids(enc, text, where, start=0):
              f"character {start + run.start():,}; break it up, e.g. with newlines")
 
 
-def gpt2_encode_stream(pieces, enc, n_threads, where, start):
+def bpe_encode_stream(pieces, enc, n_threads, where, start):
     """
     Encode a stream of text pieces of one split, which begins at character start of where, as if they were one
-    string, on n_threads threads: cut the text at safe places only (see gpt2_safe_cut) and encode the parts in
+    string, on n_threads threads: cut the text at safe places only (see bpe_safe_cut) and encode the parts in
     parallel. Yields each part's ids.
     """
-    encode = lambda part: gpt2_ids(enc, part[1], where, start + part[0])
+    encode = lambda part: bpe_ids(enc, part[1], where, start + part[0])
     return in_parallel(encode, safe_parts(pieces), n_threads)
 
 
 def safe_parts(pieces):
-    """(offset, text): the text of pieces, as one string, in parts that end where gpt2_safe_cut allows."""
+    """(offset, text): the text of pieces, as one string, in parts that end where bpe_safe_cut allows."""
     pending, offset = "", 0
     for piece in pieces:
         pending += piece
-        cut = gpt2_safe_cut(pending)
+        cut = bpe_safe_cut(pending)
         if cut:
             yield offset, pending[:cut]
             pending, offset = pending[cut:], offset + cut
     yield offset, pending
 
 
-def gpt2_encode_documents(documents, enc, n_threads, source):
+def bpe_encode_documents(documents, enc, n_threads, source):
     """
     Yield (split, ids) for a stream of (split, text) documents of source: each document's tokens, then
     <|endoftext|>, a batch of about CHUNK_CHARS characters of documents per thread at a time.
     """
     eot = np.array([enc.eot_token], dtype=np.uint16)
-    encode = lambda batch: [(split, gpt2_ids(enc, text, f"a document of {source}")) for split, text in batch]
+    encode = lambda batch: [(split, bpe_ids(enc, text, f"a document of {source}")) for split, text in batch]
     for encoded in in_parallel(encode, batched_documents(documents, CHUNK_CHARS), n_threads):
         for split in ("train", "val"):
             parts = [part for where, ids in encoded if where == split for part in (ids, eot)]
@@ -206,7 +209,7 @@ def resolve_input(input, out_dir):
     return local
 
 
-def encode_text(path, tokenizer, val_fraction):
+def encode_text(path, tokenizer, val_fraction, vocab_size):
     """(meta, stream of (split, ids)) for a text file: its first (1 - val_fraction) characters are train."""
     n_chars, alphabet = scan(read_chunks(path, "scanning"), want_alphabet=tokenizer == "char")
     if n_chars == 0:
@@ -219,33 +222,41 @@ def encode_text(path, tokenizer, val_fraction):
         meta, table = char_meta(alphabet, path), char_lookup(alphabet)
         encode_split = lambda texts, start: (table[code_points(text)] for text in texts)
     else:
-        enc = gpt2_encoding()
-        meta = GPT2_META
-        encode_split = lambda texts, start: gpt2_encode_stream(texts, enc, os.cpu_count() or 1, path, start)
+        pieces = itertools.takewhile(lambda piece: piece[0] == "train", split_chunks(path, n_train, "learning"))
+        train_texts = (text for _, text in pieces)
+        meta = GPT2_META if tokenizer == "gpt2" else learn_bpe(train_texts, vocab_size, path)
+        enc = tiktoken_encoding(meta)
+        encode_split = lambda texts, start: bpe_encode_stream(texts, enc, os.cpu_count() or 1, path, start)
     pieces = split_chunks(path, n_train)
     return meta, ((split, ids) for split, group in itertools.groupby(pieces, key=lambda piece: piece[0])
                   for ids in encode_split((text for _, text in group), 0 if split == "train" else n_train))
 
 
-def encode_documents(source, tokenizer, val_fraction):
-    """(meta, stream of (split, ids)) for documents: whole documents go to train or val (see split_documents)."""
+def encode_documents(source, tokenizer, val_fraction, vocab_size):
+    """
+    (meta, stream of (split, ids)) for documents: whole documents go to train or val (see split_documents).
+    The char tokenizer's alphabet and a learned BPE take a first pass over the documents.
+    """
     if tokenizer == "char":
-        # the alphabet needs a first pass over all the documents
         n_chars, alphabet = scan((text + "\n" for text in read_documents(source)), want_alphabet=True)
         if n_chars == 0:
             fail(f"{source} has no documents: there is nothing to train on")
         meta, table = char_meta(alphabet, source), char_lookup(alphabet)
         return meta, ((split, table[code_points(text + "\n")]) for split, text in split_documents(source, val_fraction))
-    enc = gpt2_encoding()
-    return GPT2_META, gpt2_encode_documents(split_documents(source, val_fraction), enc, os.cpu_count() or 1, source)
+    train_texts = (text for split, text in split_documents(source, val_fraction) if split == "train")
+    meta = GPT2_META if tokenizer == "gpt2" else learn_bpe(train_texts, vocab_size, source)
+    enc = tiktoken_encoding(meta)
+    return meta, bpe_encode_documents(split_documents(source, val_fraction), enc, os.cpu_count() or 1, source)
 
 
-def prepare(input, out_dir, tokenizer, val_fraction):
+def prepare(input, out_dir, tokenizer, val_fraction, vocab_size=vocab_size):
     """Write out_dir/train.bin, val.bin and meta.json; return meta.json's record of each split."""
+    if tokenizer == "bpe" and vocab_size < 257:
+        fail(f"vocab_size must be at least 257 for --tokenizer=bpe (256 bytes and <|endoftext|>), got {vocab_size}")
     source = resolve_input(input, out_dir)
     make_dir(out_dir, "the data folder")
     documents = source.startswith("hf:") or document_suffix(source)
-    meta, encoded = (encode_documents if documents else encode_text)(source, tokenizer, val_fraction)
+    meta, encoded = (encode_documents if documents else encode_text)(source, tokenizer, val_fraction, vocab_size)
     # all three files are written to temporary ones and moved into place only when all went well, so that a
     # failure or Ctrl-C never leaves half-written files (or loses the old ones)
     paths = [os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")]
@@ -263,11 +274,11 @@ def prepare(input, out_dir, tokenizer, val_fraction):
 
 
 def main(argv):
-    defaults = dict(input=input, dataset=dataset, tokenizer=tokenizer, val_fraction=val_fraction)
+    defaults = dict(input=input, dataset=dataset, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction)
     config = configure(defaults, argv)
     name = config["dataset"] or default_dataset(config["input"], config["tokenizer"])
     out_dir = os.path.join("data", name)
-    splits = prepare(config["input"], out_dir, config["tokenizer"], config["val_fraction"])
+    splits = prepare(config["input"], out_dir, config["tokenizer"], config["val_fraction"], config["vocab_size"])
     print(f"train has {splits['train']['tokens']:,} tokens")
     print(f"val has {splits['val']['tokens']:,} tokens")
     print(f"wrote {out_dir}/train.bin, val.bin and meta.json")

@@ -87,7 +87,6 @@ except ValueError as e:
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
 
 
-
 def print_as_generated(tokens):
     """Print the text of each new token as soon as it is whole, starting with the prompt."""
     pending = x[0].tolist()  # tokens not printed yet
@@ -103,7 +102,8 @@ def print_as_generated(tokens):
 
 with torch.no_grad(), autocast:
     for k in range(num_samples):
-        tokens = model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p)
+        tokens = model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
+                                       n_tokens=tokenizer["vocab_size"])
         if num_samples == 1:  # one sample: show the text as it is written
             print_as_generated(tokens)
         else:

@@ -2,24 +2,36 @@
 The tokenizers: text to token ids and back. A tokenizer is described by a small JSON object, kept as a data
 folder's meta.json and as a checkpoint's "tokenizer", so that whatever has one can encode and decode:
 - {"tokenizer": "char", "vocab_size": 65, "chars": "\\n !$&..."}: token i is the character chars[i];
-- {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}: GPT-2's BPE, tiktoken's encoding of that name.
+- {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}: GPT-2's BPE, tiktoken's encoding of that name;
+- {"tokenizer": "bpe", "vocab_size": 1024, "merges": [[32, 116], ...]}: a byte-level BPE learned from a text:
+  tokens 0-255 are the bytes, token 256 + k joins the pair of tokens merges[k], the last is <|endoftext|>.
 
 - make_codec(meta): (encode, decode) between a text and a list of ids, for prompts and samples.
 - tokenizer_problem(meta): what is wrong with a description read from a file, if anything.
 - model_vocab_size(meta), token_bytes(meta): the size of the model's embedding for a tokenizer; the length in
   UTF-8 bytes of each token's text (a special token's is 0), for bits per byte.
 - char_meta, char_lookup, code_points: the char tokenizer of an alphabet, and its fast encoding with numpy.
-- gpt2_encoding, gpt2_safe_cut: tiktoken's GPT-2 encoding, and where a text can be cut without changing its tokens.
+- tiktoken_encoding(meta), bpe_safe_cut: tiktoken's encoding of a BPE, GPT-2's or learned (both split text with
+  GPT-2's pre-tokenizer), and where a text can be cut without changing its tokens.
+- learn_bpe, hf_tokenizer: learning a BPE with Hugging Face's tokenizers, and the BPE as one of its tokenizers,
+  which transformers loads (export.py).
 """
 
+import json
 import math
+import sys
+import time
 
 import numpy as np
 
 from configurator import fail
 
 GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}
-TOKENIZERS = ("char", "gpt2")
+TOKENIZERS = ("char", "gpt2", "bpe")
+EOT = "<|endoftext|>"
+LEARNING_PIECE = 1 << 16  # characters handed to the BPE trainer at a time
+# GPT-2's pre-tokenizer, which Hugging Face's ByteLevel uses too: BPE merges never cross these pieces
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 def make_codec(meta):
@@ -35,8 +47,8 @@ def make_codec(meta):
             return [stoi[c] for c in text]
 
         return encode, lambda ids: "".join(chars[i] for i in ids)
-    enc = gpt2_encoding()
-    return lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}), enc.decode
+    enc = tiktoken_encoding(meta)
+    return lambda text: enc.encode(text, allowed_special={EOT}), enc.decode
 
 
 def tokenizer_problem(meta):
@@ -50,6 +62,12 @@ def tokenizer_problem(meta):
         return f"needs \"chars\", a string of its vocab_size ({vocab_size}) characters"
     if meta["tokenizer"] == "gpt2" and (meta.get("encoding") != "gpt2" or vocab_size != 50257):
         return "describes GPT-2's BPE but not as GPT-2 has it: \"encoding\" \"gpt2\", \"vocab_size\" 50257"
+    merges = meta.get("merges")
+    if meta["tokenizer"] == "bpe" and not (
+            isinstance(merges, list) and len(merges) == vocab_size - 257 and
+            all(isinstance(pair, list) and len(pair) == 2 and all(type(t) is int and 0 <= t < 256 + k for t in pair)
+                for k, pair in enumerate(merges)) and len(set(bpe_pieces(merges))) == vocab_size - 1):
+        return f"needs \"merges\": vocab_size - 257 pairs of earlier tokens, each making a new one"
     return None
 
 
@@ -58,11 +76,21 @@ def model_vocab_size(meta):
     return meta["vocab_size"] if meta["tokenizer"] == "char" else math.ceil(meta["vocab_size"] / 64) * 64
 
 
+def token_bytes(meta):
+    """The length in UTF-8 bytes of each token's text, as a numpy array; a special token has none."""
+    if meta["tokenizer"] == "char":
+        return np.array([len(c.encode("utf-8")) for c in meta["chars"]])
+    if meta["tokenizer"] == "bpe":
+        return np.array([len(piece) for piece in bpe_pieces(meta["merges"])] + [0])
+    enc = tiktoken_encoding(meta)
+    return np.array([0 if i == enc.eot_token else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)])
+
+
 def char_meta(alphabet, source):
     """meta.json of the char tokenizer, refusing an alphabet larger than uint16 token ids can number."""
     if len(alphabet) > 65536:
         fail(f"{source} has {len(alphabet)} distinct characters, more than the 65536 token ids "
-             f"that uint16 .bin files hold; use --tokenizer=gpt2")
+             f"that uint16 .bin files hold; use --tokenizer=gpt2 or --tokenizer=bpe")
     return {"tokenizer": "char", "vocab_size": len(alphabet), "chars": alphabet}
 
 
@@ -81,27 +109,32 @@ def char_lookup(alphabet):
     return table
 
 
-def token_bytes(meta):
-    """The length in UTF-8 bytes of each token's text, as a numpy array; a special token has none."""
-    if meta["tokenizer"] == "char":
-        return np.array([len(c.encode("utf-8")) for c in meta["chars"]])
-    enc = gpt2_encoding()
-    return np.array([0 if i == enc.eot_token else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)])
-
-
-def gpt2_encoding():
+def tiktoken_encoding(meta):
+    """tiktoken's Encoding of GPT-2's BPE, or of a learned one, whose ranks are its token ids."""
     import tiktoken
+    if meta["tokenizer"] == "bpe":
+        ranks = {piece: i for i, piece in enumerate(bpe_pieces(meta["merges"]))}
+        return tiktoken.Encoding(f"bpe{meta['vocab_size']}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens={EOT: meta["vocab_size"] - 1})
     enc = tiktoken.get_encoding("gpt2")
     # tiktoken before 0.11 turns the text "<|endoftext|>" into the special token even when told not to
-    if enc.encode_to_numpy("<|endoftext|>", disallowed_special=()).tolist() != enc.encode_ordinary("<|endoftext|>"):
-        fail(f"tiktoken {tiktoken.__version__} encodes the text <|endoftext|> as a special token: "
+    if enc.encode_to_numpy(EOT, disallowed_special=()).tolist() != enc.encode_ordinary(EOT):
+        fail(f"tiktoken {tiktoken.__version__} encodes the text {EOT} as a special token: "
              f"pip install 'tiktoken>=0.11'")
     return enc
 
 
-def gpt2_safe_cut(text):
+def bpe_pieces(merges):
+    """The bytes of each token of a learned BPE but <|endoftext|>: the 256 bytes, then each merge's two halves."""
+    pieces = [bytes([b]) for b in range(256)]
+    for a, b in merges:
+        pieces.append(pieces[a] + pieces[b])
+    return pieces
+
+
+def bpe_safe_cut(text):
     """
-    The last index at which text can be cut without changing its GPT-2 tokens, or 0 if there is none.
+    The last index at which text can be cut without changing its tokens, or 0 if there is none.
     GPT-2's pre-tokenizer never joins a lone newline between two non-space characters to its
     neighbours, so "...x\\n|y..." tokenizes the same in one piece or in two.
     """
@@ -111,3 +144,60 @@ def gpt2_safe_cut(text):
             return i + 1
         i = text.rfind("\n", 0, i)
     return 0
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face's tokenizers learns the merges and writes tokenizer.json. Its byte-level BPE names each byte by a
+# printable character (GPT-2's bytes_to_unicode) and each token by the characters of its bytes.
+
+def learn_bpe(texts, vocab_size, source):
+    """meta.json of a byte-level BPE of vocab_size tokens learned from texts, streamed (the training split)."""
+    hf = tokenizers_package()
+    tokenizer = hf.Tokenizer(hf.models.BPE())
+    tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = hf.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=sys.stderr.isatty(),
+                                     initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
+    start = time.time()
+    # the trainer reads a few hundred texts ahead: pieces of 64K characters keep that to tens of megabytes
+    pieces = (text[i:i + LEARNING_PIECE] for text in texts for i in range(0, len(text), LEARNING_PIECE))
+    tokenizer.train_from_iterator(pieces, trainer)
+    print(f"learned a BPE of {vocab_size} tokens from {source}'s training split in {time.time() - start:.1f}s")
+    ids = {char: byte for byte, char in byte_names().items()}  # Hugging Face's name of each token -> our id
+    merges = []
+    for pair in json.loads(tokenizer.to_str())["model"]["merges"]:
+        a, b = pair.split(" ") if isinstance(pair, str) else pair  # older versions write "a b"
+        ids[a + b] = 256 + len(merges)
+        merges.append([ids[a], ids[b]])
+    if len(merges) < vocab_size - 257:
+        fail(f"the training split of {source} is too short to learn the {vocab_size - 257} merges of a "
+             f"{vocab_size}-token BPE: it has pairs for {len(merges)}; use --vocab_size={257 + len(merges)} or less")
+    return {"tokenizer": "bpe", "vocab_size": vocab_size, "merges": merges}
+
+
+def hf_tokenizer(meta):
+    """A learned BPE as a tokenizers.Tokenizer, whose tokenizer.json transformers' PreTrainedTokenizerFast loads."""
+    hf = tokenizers_package()
+    names = byte_names()
+    name = lambda piece: "".join(names[b] for b in piece)
+    pieces = bpe_pieces(meta["merges"])
+    tokenizer = hf.Tokenizer(hf.models.BPE(vocab={name(piece): i for i, piece in enumerate(pieces)},
+                                           merges=[(name(pieces[a]), name(pieces[b])) for a, b in meta["merges"]]))
+    tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = hf.decoders.ByteLevel()
+    tokenizer.add_special_tokens([EOT])  # the next id: vocab_size - 1
+    return tokenizer
+
+
+def tokenizers_package():
+    try:
+        import tokenizers
+    except ImportError:
+        fail("a learned BPE needs Hugging Face's tokenizers: pip install tokenizers")
+    return tokenizers
+
+
+def byte_names():
+    """GPT-2's printable character for each byte: itself where it is printable, else one from 256 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}

@@ -21,13 +21,12 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (PRETRAINED_KEYS, TRAINING_KEYS, load_training_state, read_checkpoint, restore_rng_states,
                         resume_settings, rng_states, save_checkpoint, training_state)
 from configurator import configure, fail
-from dataset import open_dataset
+from dataset import bits_per_byte, open_dataset
 from devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
 from files import make_dir
 from hf_format import GPT2_MODELS
@@ -207,7 +206,7 @@ checkpoint = None
 if init_from == "resume":
     try:
         checkpoint = read_checkpoint(ckpt_path, TRAINING_KEYS, device)
-        model_args, changed = resume_settings(checkpoint, model_args, config)
+        model_args, changed = resume_settings(checkpoint, model_args, config, meta)
     except ValueError as e:
         fail(f"cannot resume: {e}")
     pretrained, iter_num = checkpoint.get("pretrained"), checkpoint["iter_num"]
@@ -216,8 +215,8 @@ if init_from == "resume":
         print(f"resuming from {ckpt_path} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
 
 if pretrained and meta["tokenizer"] != "gpt2":
-    fail(f"{pretrained}'s weights need a dataset tokenized with GPT-2's BPE, but {data_dir} is "
-         f"{meta['tokenizer']}-level; make one with: python prepare.py --input=YOUR_TEXT --tokenizer=gpt2")
+    fail(f"{pretrained}'s weights need a dataset tokenized with GPT-2's BPE, but {data_dir} uses the "
+         f"{meta['tokenizer']} tokenizer; make one with: python prepare.py --input=YOUR_TEXT --tokenizer=gpt2")
 if init_from in ("scratch", "resume"):
     model = GPT(GPTConfig(**model_args))
 else:
@@ -244,6 +243,7 @@ model.to(device)
 if master_process:
     print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
 if fsdp:  # each block's weights, gradients and optimizer state split over the processes, then the rest's
+    from torch.distributed.fsdp import fully_shard  # imported only here: it takes a while to import
     for module in (*model.transformer.h, model):
         fully_shard(module)  # gathered whole only while it computes
 
@@ -338,15 +338,17 @@ while True:
     at_interval = iter_num % eval_interval == 0 and (local_iter_num > 0 or eval_at_start)
     if at_interval or iter_num == max_iters or eval_only:
         losses = estimate_loss()
+        bpb = {split: bits_per_byte(losses[split], splits[split]) for split in losses}  # of the UTF-8 text
         check_finite(losses["val"], "val loss")
         improved = losses["val"] < best_val_loss and not eval_only
         if improved:
             best_val_loss, best_iter = losses["val"], iter_num
         if master_process:
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                  f"val bpb {bpb['val']:.3f}")
         if metrics:
             metrics.log(kind="eval", iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
-                        val_loss=losses["val"], lr=lr)
+                        val_loss=losses["val"], train_bpb=bpb["train"], val_bpb=bpb["val"], lr=lr)
         if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
             write_checkpoint()
     if iter_num >= max_iters or eval_only:

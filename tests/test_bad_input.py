@@ -26,7 +26,7 @@ def files_in(folder):
     ("sample.py", ["--num_samples=0"], "num_samples must be at least 1, got 0"),
     ("sample.py", ["--top_k=-1"], "top_k must be 0 or more, got -1"),
     ("prepare.py", ["--val_fraction=0"], "val_fraction must be in (0, 1), got 0.0"),
-    ("prepare.py", ["--tokenizer=wordpiece"], "unknown tokenizer 'wordpiece': use char, gpt2"),
+    ("prepare.py", ["--tokenizer=wordpiece"], "unknown tokenizer 'wordpiece': use char, gpt2, bpe"),
     ("bench.py", ["--rounds=0"], "rounds must be at least 1, got 0"),
     ("bench.py", ["--part=everything"], "unknown part 'everything'"),
 ])
@@ -46,7 +46,8 @@ def test_config_and_prompt_files_that_cannot_be_read(char_data):
     (char_data / "prompts").mkdir()
     assert_clean_error(run_script("sample.py", "--start=FILE:prompt.txt", cwd=char_data),
                        "prompt file 'prompt.txt' is not UTF-8 text (byte 0xff")
-    assert_clean_error(run_script("sample.py", "--start=FILE:prompts", cwd=char_data), "prompt file 'prompts' is a folder")
+    assert_clean_error(run_script("sample.py", "--start=FILE:prompts", cwd=char_data),
+                       "prompt file 'prompts' is a folder")
 
 
 def test_an_input_that_is_a_folder_and_outputs_through_a_file(tmp_path):
@@ -96,7 +97,8 @@ def test_a_full_disk_or_a_file_in_the_way_while_exporting(tmp_path):
     args = dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=50304, bias=True)
     (tmp_path / "out").mkdir()
     torch.save({"model": GPT(GPTConfig(**args)).state_dict(), "model_args": args,
-                "tokenizer": {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}}, tmp_path / "out" / "ckpt.pt")
+                "tokenizer": {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}},
+               tmp_path / "out" / "ckpt.pt")
     result = run_script("export.py", cwd=tmp_path, max_file_size=1_000_000)  # the weights take 13 MB
     assert_clean_error(result, "could not write model out/hf/model.safetensors, out/hf/config.json: File too large")
     assert not list((tmp_path / "out" / "hf").iterdir())

@@ -22,8 +22,9 @@ def test_prepare_part_writes_the_same_ids_as_nanogpts_way(char_data):
     shutil.copy(char_data / "text.txt", char_data / "data" / "shakespeare_char" / "input.txt")
     out = bench(char_data, "--part=prepare", "--char_megabytes=1", "--gpt2_megabytes=1")
     lines = [line for line in out.splitlines() if "MB/s" in line]
-    assert [line.split()[0] for line in lines] == ["char", "gpt2"]
-    assert all("same token ids: yes" in line for line in lines)
+    assert [line.split()[0] for line in lines] == ["char", "gpt2", "bpe", "bpe"]
+    assert all("same token ids: yes" in line for line in lines[:2])
+    assert all("peak memory" in line and "learning from train" in line for line in lines[2:])
 
 
 def test_sample_part_gets_the_same_tokens_with_and_without_the_cache(char_data):

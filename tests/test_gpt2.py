@@ -262,7 +262,7 @@ def small_vocab_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def char_checkpoint(gpt2_data):
-    """gpt2_data with a char-level dataset, data/chars, a char-level model in chars-out/, a rotary one in rotary-out/."""
+    """gpt2_data with a char-level dataset in data/chars, a char model in chars-out/, a rotary one in rotary-out/."""
     meta = {"tokenizer": "char", "vocab_size": 65, "chars": "".join(map(chr, range(32, 97)))}
     model_args = dict(n_layer=1, n_head=1, n_embd=8, block_size=8, bias=False, vocab_size=65, dropout=0.0)
     (gpt2_data / "chars-out").mkdir()
@@ -282,10 +282,10 @@ def char_checkpoint(gpt2_data):
     ("train.py", ["--block_size=65"], ["block_size=65 is longer than the 64 positions of", "use --block_size=64"]),
     ("train.py", ["--init_from=gpt2-large"], ["cannot download openai-community/gpt2-large/config.json",
                                               "out of reach (or HF_HUB_OFFLINE=1)"]),
-    ("train.py", ["--dataset=chars"], ["weights need a dataset tokenized with GPT-2's BPE", "data/chars is char-level",
-                                       "--tokenizer=gpt2"]),
+    ("train.py", ["--dataset=chars"], ["weights need a dataset tokenized with GPT-2's BPE",
+                                       "data/chars uses the char tokenizer", "--tokenizer=gpt2"]),
     ("sample.py", ["--init_from=SMALL"], ["has 67 tokens, fewer than GPT-2's 50257"]),
-    ("export.py", ["--out_dir=chars-out"], ["is a char-level model: only models that use GPT-2's BPE"]),
+    ("export.py", ["--out_dir=chars-out"], ["is a char-level model: only BPE models"]),
     ("export.py", ["--out_dir=rotary-out"], ["cannot export to rotary-out/hf: GPT-2's format cannot hold this model: "
                                              "it uses rotary"]),
 ])

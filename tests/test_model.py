@@ -161,6 +161,13 @@ def test_sampled_tokens_follow_the_probabilities():
                           torch.tensor([0, 0, 0.625, 0.375]), atol=0.015)
 
 
+def test_generate_draws_from_the_tokenizer_ids_alone_not_the_padding():
+    model = tiny().eval()  # 50 ids, of which a tokenizer of 7 uses the first 7
+    idx = torch.zeros(8, 1, dtype=torch.long)
+    assert model.generate(idx, 30, temperature=3.0).max() >= 7
+    assert model.generate(idx, 30, temperature=3.0, n_tokens=7).max() < 7
+
+
 def test_crop_block_size():
     model = tiny()
     model.crop_block_size(8)
@@ -225,7 +232,8 @@ def test_rotary_attention_depends_on_relative_positions_only():
     model = tiny(rotary=True)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)  # (B, T, heads, hs)
     cos, sin = model.rotary_cos, model.rotary_sin
-    score = lambda i, j: (model_rotate(q, cos[i:i + 1], sin[i:i + 1]) * model_rotate(k, cos[j:j + 1], sin[j:j + 1])).sum()
+    rotate = lambda x, i: model_rotate(x, cos[i:i + 1], sin[i:i + 1])
+    score = lambda i, j: (rotate(q, i) * rotate(k, j)).sum()
     assert torch.allclose(score(3, 1), score(10, 8), atol=1e-5)
     assert not torch.allclose(score(3, 1), score(3, 2), atol=1e-3)
     # and a rotation keeps lengths
@@ -306,7 +314,8 @@ def test_muon_orthogonalizes_same_shaped_matrices_as_if_one_at_a_time():
         p.grad = g
     optimizer.step()
     for p, g, p0 in zip(params, grads, start):
-        # first step: momentum = 0.05 g, Nesterov update = g lerp (0.05 g) by 0.95; a tall 8 x 4 matrix steps sqrt(2) further
+        # first step: momentum = 0.05 g, Nesterov update = g lerp (0.05 g) by 0.95;
+        # a tall 8 x 4 matrix steps sqrt(2) further
         expected = p0 - 0.1 * 2 ** 0.5 * orthogonalize((0.0975 * g)[None])[0]
         assert torch.allclose(p, expected, atol=1e-6)
 

@@ -79,7 +79,7 @@ def test_gpt2_stream_equals_encoding_the_whole_text_at_once():
         text = "".join(rng.choice(alphabet, size=3000))
         cuts = sorted(rng.choice(len(text), size=rng.integers(1, 40), replace=False))
         pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
-        streamed = [t for ids in prepare.gpt2_encode_stream(pieces, enc, 2, "text", 0) for t in ids]
+        streamed = [t for ids in prepare.bpe_encode_stream(pieces, enc, 2, "text", 0) for t in ids]
         assert streamed == enc.encode_ordinary(text), trial
 
 
@@ -167,7 +167,7 @@ def test_unreachable_url_is_a_clean_error(tmp_path):
     (b"", ["--input=t.txt"], ["is empty"]),
     (b"a", ["--input=t.txt"], ["too few to split"]),
     (b"hello \xff\xfe world\n" * 10, ["--input=t.txt"], ["not UTF-8", "0xff"]),
-    (b"hello world\n" * 10, ["--input=t.txt", "--tokenizer=bpe"], ["unknown tokenizer 'bpe'"]),
+    (b"hello world\n" * 10, ["--input=t.txt", "--tokenizer=wordpiece"], ["unknown tokenizer 'wordpiece'"]),
     (b"hello world\n" * 10, ["--input=t.txt", "--val_fraction=1.5"], ["val_fraction"]),
     (b"hello world\n" * 10, ["--input=t.txt", "--tokeniser=char"], ["did you mean 'tokenizer'"]),
 ])

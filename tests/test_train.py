@@ -201,4 +201,5 @@ def test_a_checkpoint_from_before_the_architecture_options_resumes_as_gpt2(char_
 def test_resuming_from_a_foreign_checkpoint_is_refused(char_data):
     (char_data / "out").mkdir()
     torch.save({"model": {}, "iter_num": 3}, char_data / "out" / "ckpt.pt")
-    assert_clean_error(run_script("train.py", *TINY, "--init_from=resume", cwd=char_data), "not written by this train.py")
+    assert_clean_error(run_script("train.py", *TINY, "--init_from=resume", cwd=char_data),
+                       "not written by this train.py")

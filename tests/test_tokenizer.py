@@ -1,0 +1,190 @@
+"""
+A BPE learned from the text (prepare.py --tokenizer=bpe): learning from the training split alone, exact round
+trips, bits per byte, sampling and exporting with it, and its bad input.
+"""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import TINY, assert_clean_error, run_script, sample_text
+from tokenizer import bpe_pieces, make_codec, tokenizer_problem
+
+WORLD = "Ça va? Naïve café, Øresund — 東京は晴れ、雨のち雪。 🌸👩‍👩‍👧 ROMEO:\n\n\tend <|endoftext|> ok"
+
+
+def prepare_bpe(cwd, text, *args, vocab_size=300):
+    (cwd / "t.txt").write_text(text, encoding="utf-8")
+    result = run_script("prepare.py", "--input=t.txt", "--tokenizer=bpe", f"--vocab_size={vocab_size}", *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads((cwd / "data" / "t_bpe" / "meta.json").read_text(encoding="utf-8"))
+
+
+def ids_of(cwd, split):
+    return np.fromfile(cwd / "data" / "t_bpe" / f"{split}.bin", dtype=np.uint16).tolist()
+
+
+@pytest.fixture(scope="module")
+def bpe_data(tmp_path_factory):
+    """A folder with data/t_bpe: a 300-token BPE learned from 40k characters of text."""
+    folder = tmp_path_factory.mktemp("bpe")
+    prepare_bpe(folder, sample_text())
+    return folder
+
+
+def test_the_bpe_is_learned_from_the_training_split_alone(tmp_path):
+    train_text = sample_text(30_000).replace("z", "s").replace("Z", "S")
+    val_text = "zoz zozo! " * 1_000  # 10,000 characters: the last quarter
+    meta = prepare_bpe(tmp_path, train_text + val_text, "--val_fraction=0.25")
+    merged = bpe_pieces(meta["merges"])[256:]
+    assert len(merged) == 300 - 257 and not [piece for piece in merged if b"z" in piece]
+    encode, decode = make_codec(meta)
+    assert decode(ids_of(tmp_path, "train")) == train_text and decode(ids_of(tmp_path, "val")) == val_text
+    assert ids_of(tmp_path, "val") == encode(val_text)
+
+
+def test_encode_then_decode_gives_back_any_text(bpe_data):
+    meta = json.loads((bpe_data / "data" / "t_bpe" / "meta.json").read_text(encoding="utf-8"))
+    assert tokenizer_problem(meta) is None
+    encode, decode = make_codec(meta)
+    assert decode(encode(WORLD)) == WORLD
+    assert encode("<|endoftext|>") == [meta["vocab_size"] - 1]  # in a prompt, the end-of-text token
+    assert len(encode("ROMEO: the king")) < len("ROMEO: the king")  # merges learned from the text apply
+
+
+def test_a_text_in_every_script_prepares_and_decodes_exactly(tmp_path):
+    text = (WORLD.replace("<|endoftext|>", "") + "\n") * 200
+    meta = prepare_bpe(tmp_path, text, vocab_size=320)
+    _, decode = make_codec(meta)
+    n_train = int(len(text) * 0.9)
+    assert decode(ids_of(tmp_path, "train")) == text[:n_train] and decode(ids_of(tmp_path, "val")) == text[n_train:]
+    assert meta["splits"]["val"]["bytes"] == len(text[n_train:].encode("utf-8"))
+
+
+def test_documents_end_with_the_end_of_text_token(tmp_path):
+    documents = [f"Document {i}: naïve café ☃ " + "hello world, " * (i % 4) for i in range(30)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in documents), encoding="utf-8")
+    result = run_script("prepare.py", "--input=d.jsonl", "--tokenizer=bpe", "--vocab_size=280", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / "data" / "d_bpe" / "meta.json").read_text(encoding="utf-8"))
+    _, decode = make_codec(meta)
+    ids = {split: np.fromfile(tmp_path / "data" / "d_bpe" / f"{split}.bin", dtype=np.uint16).tolist()
+           for split in ("train", "val")}
+    assert decode(ids["train"] + ids["val"]).count("<|endoftext|>") == len(documents)
+    assert ids["train"][-1] == ids["val"][-1] == meta["vocab_size"] - 1
+    assert sorted(decode(ids["train"] + ids["val"]).split("<|endoftext|>")[:-1]) == sorted(documents)
+
+
+def eval_record(cwd):
+    records = [json.loads(line) for line in (cwd / "out" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "eval"][-1]
+
+
+def test_bits_per_byte_of_a_char_model_of_ascii_text_is_its_loss_in_bits(tmp_path):
+    (tmp_path / "t.txt").write_text(sample_text(20_000), encoding="utf-8")
+    assert run_script("prepare.py", "--input=t.txt", cwd=tmp_path).returncode == 0
+    result = run_script("train.py", *TINY, "--dataset=t_char", "--max_iters=10", "--eval_interval=10", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = eval_record(tmp_path)
+    assert record["val_bpb"] == pytest.approx(record["val_loss"] / math.log(2), rel=1e-12)
+    assert record["train_bpb"] == pytest.approx(record["train_loss"] / math.log(2), rel=1e-12)
+    line = [line for line in result.stdout.splitlines() if line.startswith("step 10:")][0]
+    assert line.endswith(f"val loss {record['val_loss']:.4f}, val bpb {record['val_bpb']:.3f}")
+
+
+def test_bits_per_byte_of_a_bpe_model_counts_the_bytes_of_its_tokens(bpe_data, tmp_path):
+    shutil.copytree(bpe_data / "data", tmp_path / "data")
+    result = run_script("train.py", *TINY, "--dataset=t_bpe", "--max_iters=10", "--eval_interval=10", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = eval_record(tmp_path)
+    text = sample_text()
+    n_train = int(len(text) * 0.9)
+    for split, part in (("train", text[:n_train]), ("val", text[n_train:])):
+        tokens_per_byte = len(ids_of(tmp_path, split)) / len(part.encode("utf-8"))
+        assert tokens_per_byte < 0.8  # the merges shorten the text
+        assert record[f"{split}_bpb"] == pytest.approx(record[f"{split}_loss"] / math.log(2) * tokens_per_byte)
+
+
+def test_sampling_needs_only_out_dir_and_encodes_any_prompt(bpe_data, tmp_path):
+    shutil.copytree(bpe_data / "data", tmp_path / "data")
+    result = run_script("train.py", *TINY, "--dataset=t_bpe", "--max_iters=20", "--eval_interval=20", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shutil.rmtree(tmp_path / "data")
+    prompt = "ROMEO: 東京 🌸 naïve"  # characters the training text never had: byte tokens
+    for n in (1, 2):  # one sample streams as it is generated, several are printed whole
+        result = run_script("sample.py", f"--start={prompt}", f"--num_samples={n}", "--max_new_tokens=30",
+                            cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        samples = result.stdout.split("---------------\n")
+        assert len(samples) == n + 1 and all(sample.startswith(prompt) for sample in samples[:n])
+
+
+def test_export_writes_the_tokenizer_that_transformers_loads(bpe_data, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    shutil.copytree(bpe_data / "data", tmp_path / "data")
+    assert run_script("train.py", *TINY, "--dataset=t_bpe", "--max_iters=2", cwd=tmp_path).returncode == 0
+    result = run_script("export.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "its BPE of 300 tokens" in result.stdout
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "out" / "hf")
+    meta = json.loads((tmp_path / "data" / "t_bpe" / "meta.json").read_text(encoding="utf-8"))
+    encode, _ = make_codec(meta)
+    for text in (WORLD, sample_text()[-3000:]):
+        assert hf.encode(text) == encode(text)
+        assert hf.decode(encode(text)) == text
+    assert hf.eos_token_id == meta["vocab_size"] - 1
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "hf")
+    assert model.config.eos_token_id == meta["vocab_size"] - 1
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--vocab_size=256"], ["vocab_size must be at least 257 for --tokenizer=bpe", "got 256"]),
+    (["--vocab_size=65537"], ["vocab_size must be in [1, 65536], got 65537"]),
+    (["--vocab_size=2000"], ["too short to learn the 1743 merges of a 2000-token BPE", "use --vocab_size="]),
+])
+def test_bad_vocabularies_are_clean_errors_and_keep_existing_files(tmp_path, args, fragments):
+    folder = tmp_path / "data" / "t_bpe"
+    folder.mkdir(parents=True)
+    old = {name: f"old {name}".encode() for name in ("train.bin", "val.bin", "meta.json")}
+    for name, data in old.items():
+        (folder / name).write_bytes(data)
+    (tmp_path / "t.txt").write_text("to be or not to be, that is the question\n" * 50, encoding="utf-8")
+    result = run_script("prepare.py", "--input=t.txt", "--tokenizer=bpe", *args, cwd=tmp_path)
+    assert_clean_error(result, *fragments)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == old
+
+
+def test_the_merges_a_short_text_allows_are_named_and_work(tmp_path):
+    (tmp_path / "t.txt").write_text("to be or not to be, that is the question\n" * 50, encoding="utf-8")
+    result = run_script("prepare.py", "--input=t.txt", "--tokenizer=bpe", "--vocab_size=2000", cwd=tmp_path)
+    most = int(result.stderr.split("use --vocab_size=")[1].split()[0])
+    meta = prepare_bpe(tmp_path, "to be or not to be, that is the question\n" * 50, vocab_size=most)
+    assert meta["vocab_size"] == most and len(meta["merges"]) == most - 257
+
+
+@pytest.mark.parametrize("damage, fragments", [
+    (lambda meta: meta.pop("merges"), ["meta.json needs \"merges\"", "python prepare.py --input=YOUR_TEXT"]),
+    (lambda meta: meta["merges"].__setitem__(5, [9000, 1]), ["meta.json needs \"merges\""]),
+    (lambda meta: meta["merges"].append([1, 2]), ["meta.json needs \"merges\""]),
+])
+def test_a_damaged_bpe_is_a_clean_error(bpe_data, tmp_path, damage, fragments):
+    shutil.copytree(bpe_data / "data", tmp_path / "data")
+    path = tmp_path / "data" / "t_bpe" / "meta.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    damage(meta)
+    path.write_text(json.dumps(meta), encoding="utf-8")
+    assert_clean_error(run_script("train.py", *TINY, "--dataset=t_bpe", cwd=tmp_path), *fragments)
+
+
+def test_resuming_on_a_dataset_of_another_tokenizer_is_refused(bpe_data, tmp_path):
+    shutil.copytree(bpe_data / "data", tmp_path / "data")
+    (tmp_path / "t.txt").write_text(sample_text(), encoding="utf-8")
+    assert run_script("prepare.py", "--input=t.txt", cwd=tmp_path).returncode == 0
+    assert run_script("train.py", *TINY, "--dataset=t_char", "--max_iters=2", cwd=tmp_path).returncode == 0
+    before = (tmp_path / "out" / "ckpt.pt").read_bytes()
+    result = run_script("train.py", *TINY, "--dataset=t_bpe", "--init_from=resume", "--max_iters=4", cwd=tmp_path)
+    assert_clean_error(result, "cannot resume", "another tokenizer (char, ", "than data/t_bpe's (bpe, 300 tokens)")
+    assert (tmp_path / "out" / "ckpt.pt").read_bytes() == before
