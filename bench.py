@@ -389,7 +389,7 @@ def recipe_runs(runs, work_dir):
     for name, rows in results.items():
         walls, losses, bpbs, bests, best_bpbs, best_iters = zip(*rows)
         each = f"  (median of {len(rows)} seeds: {', '.join(f'{bpb:.3f}' for bpb in bpbs)})" if len(rows) > 1 else ""
-        print(f"{name:38s} {median(walls):6.1f}s  final val bpb {median(bpbs):.3f} (loss {median(losses):.4f}), best "
+        print(f"{name:44s} {median(walls):6.1f}s  final val bpb {median(bpbs):.3f} (loss {median(losses):.4f}), best "
               f"{median(best_bpbs):.3f} (loss {median(bests):.4f}, iter {median(best_iters):.0f}){each}")
 
 
@@ -426,15 +426,16 @@ def bench_recipe(work_dir):
 def bench_tokenizers(work_dir):
     print("\n## tokenizers: each with the best CPU settings found, prepare.py and train.py; val bits per byte")
     steps = lambda n: [f"--max_iters={n}", f"--lr_decay_iters={n}", f"--eval_interval={n}"]
-    recipe_runs([("characters (config/shakespeare_char_cpu.py)", None, [RECIPE]),
+    recipe_runs([("characters (config/shakespeare_char_cpu.py)", None, [RECIPE, "--device=cpu"]),
                  ("BPE of 512", bpe_prepare("--tokenizer=bpe", "--vocab_size=512", "--dataset=bpe512"),
-                  [BPE_RECIPE, "--dataset=bpe512", *steps(760)]),
-                 ("BPE of 1024 (config/shakespeare_bpe_cpu.py)", bpe_prepare("--tokenizer=bpe"), [BPE_RECIPE]),
+                  [BPE_RECIPE, "--device=cpu", "--dataset=bpe512", *steps(760)]),
+                 ("BPE of 1024 (config/shakespeare_bpe_cpu.py)",
+                  bpe_prepare("--tokenizer=bpe", "--dataset=shakespeare_bpe"), [BPE_RECIPE, "--device=cpu"]),
                  ("BPE of 2048", bpe_prepare("--tokenizer=bpe", "--vocab_size=2048", "--dataset=bpe2048"),
-                  [BPE_RECIPE, "--dataset=bpe2048", *steps(580)]),
+                  [BPE_RECIPE, "--device=cpu", "--dataset=bpe2048", *steps(580)]),
                  ("GPT-2's BPE (50257)", bpe_prepare("--tokenizer=gpt2", "--dataset=gpt2"),
-                  [BPE_RECIPE, "--dataset=gpt2", *steps(160), "--batch_size=6", "--warmup_iters=10",
-                   "--learning_rate=1e-2", "--muon_learning_rate=0.07"])], work_dir)
+                  [BPE_RECIPE, "--device=cpu", "--dataset=gpt2", *steps(160), "--batch_size=6",
+                   "--warmup_iters=10", "--learning_rate=1e-2", "--muon_learning_rate=0.07"])], work_dir)
 
 
 def bench_ablation(work_dir):
