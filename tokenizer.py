@@ -161,7 +161,6 @@ def learn_bpe(texts, vocab_size, source):
     # the trainer reads a few hundred texts ahead: pieces of 64K characters keep that to tens of megabytes
     pieces = (text[i:i + LEARNING_PIECE] for text in texts for i in range(0, len(text), LEARNING_PIECE))
     tokenizer.train_from_iterator(pieces, trainer)
-    print(f"learned a BPE of {vocab_size} tokens from {source}'s training split in {time.time() - start:.1f}s")
     ids = {char: byte for byte, char in byte_names().items()}  # Hugging Face's name of each token -> our id
     merges = []
     for pair in json.loads(tokenizer.to_str())["model"]["merges"]:
@@ -171,6 +170,7 @@ def learn_bpe(texts, vocab_size, source):
     if len(merges) < vocab_size - 257:
         fail(f"the training split of {source} is too short to learn the {vocab_size - 257} merges of a "
              f"{vocab_size}-token BPE: it has pairs for {len(merges)}; use --vocab_size={257 + len(merges)} or less")
+    print(f"learned a BPE of {vocab_size} tokens from {source}'s training split in {time.time() - start:.1f}s")
     return {"tokenizer": "bpe", "vocab_size": vocab_size, "merges": merges}
 
 
