@@ -1,6 +1,6 @@
 # The best character-level Shakespeare model we found for a CPU in the time the default config takes:
 #   python prepare.py && python train.py config/shakespeare_char_cpu.py
-# Beyond the default, each part measured with bench.py --part=ablation (docs/measurements.md):
+# Beyond the default (bench.py --part=ablation takes out one part at a time; see docs/measurements.md):
 # - Muon for the transformer blocks' matrices (AdamW for the embedding and gains): far more progress per step;
 # - rotary position embeddings and QK-norm, with attention logits above the usual scale;
 # - 3 layers instead of 4; sequences of 128 characters in batches of 24, so 500 steps see as many
