@@ -128,7 +128,7 @@ def split_chunks(path, n_train, desc="encoding"):
 
 def bpe_ids(enc, text, where, start=0):
     """
-    GPT-2 token ids of text as uint16, special-token text encoded as ordinary text (as encode_ordinary does).
+    BPE token ids of text as uint16, special-token text encoded as ordinary text (as encode_ordinary does).
     where names the text, and start is its first character's position there, for the error tiktoken can give.
     """
     try:

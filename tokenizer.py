@@ -67,7 +67,7 @@ def tokenizer_problem(meta):
             isinstance(merges, list) and len(merges) == vocab_size - 257 and
             all(isinstance(pair, list) and len(pair) == 2 and all(type(t) is int and 0 <= t < 256 + k for t in pair)
                 for k, pair in enumerate(merges)) and len(set(bpe_pieces(merges))) == vocab_size - 1):
-        return f"needs \"merges\": vocab_size - 257 pairs of earlier tokens, each making a new one"
+        return "needs \"merges\": vocab_size - 257 pairs of earlier tokens, each making a new one"
     return None
 
 
@@ -154,7 +154,7 @@ def learn_bpe(texts, vocab_size, source):
     """meta.json of a byte-level BPE of vocab_size tokens learned from texts, streamed (the training split)."""
     hf = tokenizers_package()
     tokenizer = hf.Tokenizer(hf.models.BPE())
-    tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.pre_tokenizer = byte_level(hf)
     trainer = hf.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=sys.stderr.isatty(),
                                      initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
     start = time.time()
@@ -182,10 +182,15 @@ def hf_tokenizer(meta):
     pieces = bpe_pieces(meta["merges"])
     tokenizer = hf.Tokenizer(hf.models.BPE(vocab={name(piece): i for i, piece in enumerate(pieces)},
                                            merges=[(name(pieces[a]), name(pieces[b])) for a, b in meta["merges"]]))
-    tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.pre_tokenizer = byte_level(hf)
     tokenizer.decoder = hf.decoders.ByteLevel()
     tokenizer.add_special_tokens([EOT])  # the next id: vocab_size - 1
     return tokenizer
+
+
+def byte_level(hf):
+    """The pre-tokenizer of learning and of export alike: GPT-2's pattern (GPT2_PATTERN), over bytes."""
+    return hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 
 
 def tokenizers_package():
