@@ -19,7 +19,7 @@ that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
   loss and bits per byte. With --device=cuda, the GPU recipe (config/shakespeare_char.py) against nanoGPT's GPU
   command (its config/train_shakespeare_char.py, compiled).
 - sample: tokens/s of greedy generation without the KV cache (the whole context through the model for every
-  token, as nanoGPT does), with it, and with it as sample.py runs on a CPU (the weights laid out for sampling,
+  token, as nanoGPT does), with it, and with it as sample.py runs on a CPU (the weights stored transposed,
   ATen's GELU in place of oneDNN's), on a 6 x 6 x 384 model with GPT-2's vocabulary, 64 new tokens after a
   256-token prompt; then 2,000 tokens with sample.py's settings from the recipe's checkpoint (the recipe
   part's, or out/ckpt.pt).
@@ -44,10 +44,11 @@ import time
 import numpy as np
 import torch
 
-from checkpoint import load_checkpoint
-from configurator import configure, fail
-from devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
 from model import GPT, GPTConfig, sample_next
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.configurator import configure, defaults_of
+from smallgpt.devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
+from smallgpt.errors import UserError
 
 # -----------------------------------------------------------------------------
 part = "all"  # 'all' (train, recipe, sample, prepare), one of those, or 'ablation'
@@ -68,12 +69,12 @@ dtype = "auto"
 compile = False
 seed = 1337
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+globals().update(configure(defaults_of(globals()), sys.argv[1:]))
 # -----------------------------------------------------------------------------
 
 if n_embd % n_head:
-    fail(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
+    raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): "
+                    f"each head gets n_embd // n_head channels")
 device = resolve_device(device)
 device_type = device.split(":")[0]
 dtype = resolve_dtype(dtype, device_type)
@@ -170,7 +171,7 @@ def bench_train():
     print(f"\n## train: {n_layer} layers x {n_embd}, {n_head} heads, block {block_size}, batch {batch_size}, "
           f"vocab {vocab_size}, {dtype}, {'compiled' if compile else 'eager'}")
     if not os.path.exists(os.path.join(DATA_DIR, "train.bin")):
-        fail(f"{DATA_DIR}/train.bin is missing: run python prepare.py first")
+        raise UserError(f"{DATA_DIR}/train.bin is missing: run python prepare.py first")
     steps = {"this repository": make_step(False), "nanoGPT's optimizer": make_step(True),
              "matrix products alone": make_matmuls()}
     for step, _ in steps.values():
@@ -232,12 +233,12 @@ def compare_generation(model, prompt, n_new, repeats, **sampling):
     Tokens/s of nanoGPT's generation, of the KV cache, and of the KV cache as sample.py runs it on a CPU
     (median of repeats, each from the same seed); whether all agree.
     """
-    laid_out = copy.deepcopy(model)
-    laid_out.lay_out_for_sampling()
+    transposed = copy.deepcopy(model)
+    transposed.store_weights_transposed()
     runs = {"recomputing (nanoGPT)": lambda: generate_without_cache(model, prompt, n_new, **sampling),
             "KV cache": lambda: model.generate(prompt, n_new, **sampling),
             "KV cache, as sample.py on CPU":
-                lambda: without_onednn(lambda: laid_out.generate(prompt, n_new, **sampling))}
+                lambda: without_onednn(lambda: transposed.generate(prompt, n_new, **sampling))}
     times, outputs = {name: [] for name in runs}, {}
     for _ in range(repeats):
         for name, run in runs.items():
@@ -306,11 +307,11 @@ PREPARE_WITH_PEAK = ("import os, runpy, sys; sys.argv = sys.argv[1:]; "
 
 
 def run(args, cwd):
-    """Run a command; return (stdout, wall seconds), or fail with its error."""
+    """Run a command; return (stdout, wall seconds), or raise its error."""
     t0 = time.perf_counter()
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
-        fail(f"{' '.join(map(str, args))} failed: {result.stderr.strip().splitlines()[-1:]}")
+        raise UserError(f"{' '.join(map(str, args))} failed: {result.stderr.strip().splitlines()[-1:]}")
     return result.stdout, time.perf_counter() - t0
 
 
@@ -325,7 +326,7 @@ def run_prepare(args, cwd):
 def bench_prepare():
     source = os.path.join(DATA_DIR, "input.txt")
     if not os.path.exists(source):
-        fail(f"{source} is missing: run python prepare.py first")
+        raise UserError(f"{source} is missing: run python prepare.py first")
     with open(source, encoding="utf-8") as f:
         text = f.read()
     print("\n## prepare: Tiny Shakespeare repeated; whole processes, median of 3 runs each")
@@ -400,7 +401,7 @@ def out_dir_of(name):
 def working_folder(tmp):
     """tmp with data/shakespeare_char in it (a link), where recipes prepare and train as in a checkout."""
     if not os.path.exists(os.path.join(DATA_DIR, "val.bin")):
-        fail(f"{DATA_DIR} is not prepared: run python prepare.py first")
+        raise UserError(f"{DATA_DIR} is not prepared: run python prepare.py first")
     os.makedirs(os.path.join(tmp, "data"))
     os.symlink(os.path.abspath(DATA_DIR), os.path.join(tmp, DATA_DIR))
     return tmp

@@ -15,34 +15,30 @@ import json
 import os
 import sys
 
-from checkpoint import load_checkpoint
-from configurator import configure, fail
-from files import replaced_atomically
-from hf_format import save_pretrained
-from tokenizer import EOT, hf_tokenizer
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.configurator import configure, defaults_of
+from smallgpt.errors import UserError
+from smallgpt.files import replaced_atomically
+from smallgpt.hf_format import save_pretrained
+from smallgpt.tokenizer import EOT, hf_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # where train.py wrote ckpt.pt
 export_dir = ""  # the folder to write; empty: out_dir/hf
 # -----------------------------------------------------------------------------
-globals().update(configure(dict(out_dir=out_dir, export_dir=export_dir), sys.argv[1:]))
+globals().update(configure(defaults_of(globals()), sys.argv[1:]))
 # -----------------------------------------------------------------------------
 
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 export_dir = export_dir or os.path.join(out_dir, "hf")
-try:
-    model, tokenizer = load_checkpoint(ckpt_path)
-except ValueError as e:
-    fail(str(e))
-if tokenizer["tokenizer"] == "char":
-    fail(f"{ckpt_path} is a char-level model: only BPE models, with GPT-2's BPE (prepare.py --tokenizer=gpt2) or "
-         f"one learned from the text (--tokenizer=bpe), can be exported in GPT-2's format")
-try:
-    save_pretrained(model, export_dir, eot_id=tokenizer["vocab_size"] - 1)
-except (ValueError, ImportError, OSError) as e:
-    fail(f"cannot export to {export_dir}: {e}")
+model, tokenizer_spec = load_checkpoint(ckpt_path)
+if tokenizer_spec["tokenizer"] == "char":
+    raise UserError(f"{ckpt_path} is a char-level model: only BPE models, with GPT-2's BPE (prepare.py "
+                    f"--tokenizer=gpt2) or one learned from the text (--tokenizer=bpe), can be exported in "
+                    f"GPT-2's format")
+save_pretrained(model, export_dir, eot_id=tokenizer_spec["vocab_size"] - 1)
 print(f"wrote {export_dir}/config.json and model.safetensors ({model.get_num_params() / 1e6:.2f}M parameters)")
-if tokenizer["tokenizer"] == "gpt2":
+if tokenizer_spec["tokenizer"] == "gpt2":
     print(f"sample from it with: python sample.py --init_from={export_dir}")
 else:  # the model's own BPE, in the files that AutoTokenizer reads
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT,
@@ -50,7 +46,7 @@ else:  # the model's own BPE, in the files that AutoTokenizer reads
     paths = [os.path.join(export_dir, name) for name in ("tokenizer.json", "tokenizer_config.json")]
     with replaced_atomically(*paths, what="tokenizer") as [json_tmp, config_tmp]:
         with open(json_tmp, "w", encoding="utf-8") as f:
-            f.write(hf_tokenizer(tokenizer).to_str())
+            f.write(hf_tokenizer(tokenizer_spec).to_str())
         with open(config_tmp, "w", encoding="utf-8") as f:
             json.dump(tokenizer_config, f, indent=2)
-    print(f"wrote {paths[0]} and {paths[1]}: its BPE of {tokenizer['vocab_size']} tokens")
+    print(f"wrote {paths[0]} and {paths[1]}: its BPE of {tokenizer_spec['vocab_size']} tokens")

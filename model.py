@@ -6,8 +6,8 @@ OpenAI's GPT-2 weights load into it.
   embeddings, QK-norm and a scale for attention's logits.
 - CausalSelfAttention, MLP, Block: a transformer block, with a KVCache for generation.
 - GPT: embeddings, blocks, final LayerNorm and the tied language-model head; forward, generate through the KV
-  cache, optimizer groups (AdamW, or Muon from muon.py for the blocks' matrices), MFU, crop_block_size, and
-  from_pretrained for GPT-2's weights (the format lives in hf_format.py).
+  cache, optimizer groups (AdamW, or Muon from smallgpt/muon.py for the blocks' matrices), MFU, crop_block_size,
+  and from_pretrained for GPT-2's weights (the format lives in smallgpt/hf_format.py).
 
 References: OpenAI's GPT-2 (https://github.com/openai/gpt-2/blob/master/src/model.py), RoFormer (Su et al.
 2021) for rotary embeddings, Dehghani et al. 2023 for QK-norm, https://kellerjordan.github.io/posts/muon/
@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from muon import Muon
+from smallgpt.hf_format import load_pretrained
+from smallgpt.muon import Muon
+
 
 @dataclass
 class GPTConfig:
@@ -248,10 +250,11 @@ class GPT(nn.Module):
         A GPT with pretrained weights: OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large' or 'gpt2-xl', downloaded from
         the Hugging Face Hub, or a folder in Hugging Face's GPT-2 format. override_args may set dropout.
         """
-        from hf_format import load_pretrained  # hf_format imports this file, so it is imported when needed
-        return load_pretrained(name_or_path, override_args)
+        override_args = override_args or {}
+        assert all(k == "dropout" for k in override_args)  # only dropout can be overridden
+        return load_pretrained(name_or_path, lambda **shape: cls(GPTConfig(**shape, **override_args)))
 
-    def lay_out_for_sampling(self):
+    def store_weights_transposed(self):
         """
         Store every Linear weight transposed in memory (its shape, values and names stay). Sampling one token
         at a time multiplies each weight matrix by a single vector, which reads the whole matrix from memory; on
@@ -269,16 +272,16 @@ class GPT(nn.Module):
         group's lr_scale is its ratio to learning_rate, for train.py's schedule), the rest by AdamW.
         """
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        hidden = {name for name, p in params.items()
-                  if muon_learning_rate and name.startswith("transformer.h.") and p.dim() == 2}
-        decay_params = [p for name, p in params.items() if p.dim() >= 2 and name not in hidden]
+        muon_names = {name for name, p in params.items()
+                      if muon_learning_rate and name.startswith("transformer.h.") and p.dim() == 2}
+        decay_params = [p for name, p in params.items() if p.dim() >= 2 and name not in muon_names]
         nodecay_params = [p for p in params.values() if p.dim() < 2]
         optim_groups = [
             {"params": decay_params, "weight_decay": weight_decay},
             {"params": nodecay_params, "weight_decay": 0.0},
         ]
-        if hidden:
-            optim_groups.append({"params": [params[name] for name in sorted(hidden)], "weight_decay": weight_decay,
+        if muon_names:
+            optim_groups.append({"params": [params[name] for name in sorted(muon_names)], "weight_decay": weight_decay,
                                  "muon": True, "lr": muon_learning_rate,
                                  "lr_scale": muon_learning_rate / learning_rate})
             return Muon(optim_groups, lr=learning_rate, betas=betas, momentum=muon_momentum)
@@ -302,19 +305,20 @@ class GPT(nn.Module):
         return flops_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, n_tokens=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, tokenizer_vocab_size=None):
         """
         Continue each row of idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
         Call model.eval() first. See generate_stream for how the context is handled.
         """
-        tokens = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, n_tokens)
+        tokens = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, tokenizer_vocab_size)
         return torch.cat([idx, *tokens], dim=1)
 
     @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, n_tokens=None):
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        tokenizer_vocab_size=None):
         """
-        Yield the new tokens (B, 1) of each row of idx (B, T) one step at a time, as they are sampled: from the
-        first n_tokens ids only if given, the tokenizer's, so that the vocabulary's padding is never drawn.
+        Yield the new tokens (B, 1) of each row of idx (B, T) one step at a time, as they are sampled: among the
+        first tokenizer_vocab_size ids only, if given, so that the vocabulary's padding is never drawn.
         The prompt is processed once into a KV cache, then each new token costs one single-token step.
         Within block_size this gives exactly what recomputing the whole context at every step gives.
         Past block_size the learned position embeddings have no room left, so when the cache is full
@@ -324,17 +328,17 @@ class GPT(nn.Module):
         """
         block_size = self.config.block_size
         cache = KVCache(self.config.n_layer, block_size)
-        fresh = idx[:, -block_size:]  # tokens not yet in the cache: first the prompt, cropped to a block
+        uncached = idx[:, -block_size:]  # tokens not yet in the cache: first the prompt, cropped to a block
         for _ in range(max_new_tokens):
-            if cache.length + fresh.size(1) > block_size:
+            if cache.length + uncached.size(1) > block_size:
                 cache.length = 0
-                fresh = idx[:, -max(1, block_size // 2):]
+                uncached = idx[:, -max(1, block_size // 2):]
             # inference mode: no_grad, and less bookkeeping per op, which is most of a one-token step's time;
-            # its tensors stay inside (the cache, fresh), the caller gets ordinary ones
+            # its tensors stay inside (the cache, uncached), the caller gets ordinary ones
             with torch.inference_mode():
-                logits, _ = self(fresh, cache=cache)
-                fresh = sample_next(logits[:, -1, :n_tokens], temperature, top_k, top_p)  # (B, 1)
-            idx = torch.cat((idx, fresh), dim=1)
+                logits, _ = self(uncached, cache=cache)
+                uncached = sample_next(logits[:, -1, :tokenizer_vocab_size], temperature, top_k, top_p)  # (B, 1)
+            idx = torch.cat((idx, uncached), dim=1)
             yield idx[:, -1:]
 
 

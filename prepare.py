@@ -10,10 +10,11 @@ Turn a text file, or a collection of documents, into the token ids that train.py
     python prepare.py --input=docs.jsonl --tokenizer=gpt2               # documents      -> data/docs/
     python prepare.py --input=hf:Skylion007/openwebtext --tokenizer=gpt2  # a Hugging Face dataset -> data/openwebtext/
 
-It writes data/DATASET/train.bin and val.bin (the token ids as raw uint16) and meta.json (the tokenizer, see
-tokenizer.py). A text's first (1 - val_fraction) of characters are the training split, the rest val; documents
-(see documents.py) go whole to one split or the other. A BPE is learned from the training split alone. The
-input is streamed, so memory stays flat however large it is, and the files appear only once they are complete.
+It writes data/DATASET/train.bin and val.bin (the token ids as raw uint16) and meta.json (the tokenizer spec,
+see smallgpt/tokenizer.py). A text's first (1 - val_fraction) of characters are the training split, the rest
+val; documents (see smallgpt/documents.py) go whole to one split or the other. A BPE is learned from the
+training split alone. The input is streamed, so memory stays flat however large it is, and the files appear only
+once they are complete.
 """
 
 import itertools
@@ -29,17 +30,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from configurator import configure, fail, open_file
-from dataset import SPLITS, split_stats
-from documents import batched_documents, document_suffix, is_url, read_documents, split_documents
-from files import make_dir, replaced_atomically
-from tokenizer import GPT2_META, bpe_safe_cut, char_lookup, char_meta, code_points, learn_bpe, tiktoken_encoding
+from smallgpt.configurator import configure, defaults_of
+from smallgpt.dataset import SPLITS, split_stats
+from smallgpt.documents import batched_documents, document_suffix, is_url, read_documents, split_documents
+from smallgpt.errors import UserError
+from smallgpt.files import make_dir, open_file, replaced_atomically
+from smallgpt.tokenizer import (GPT2_SPEC, bpe_safe_cut, char_lookup, char_spec, code_points, learn_bpe,
+                                tiktoken_encoding)
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CHUNK_CHARS = 1 << 20  # characters read (or documents encoded) at a time: memory stays at a few tens of MB
 
 # -----------------------------------------------------------------------------
-# default config values, overridden by --key=value flags (see configurator.py)
+# default config values, overridden by --key=value flags (see smallgpt/configurator.py)
 input = ""  # a text, .jsonl or .parquet file, an http(s) URL of one, or hf:NAME[:CONFIG]; empty: Tiny Shakespeare
 dataset = ""  # output folder data/DATASET; empty: shakespeare_char / shakespeare / shakespeare_bpe, or the input's name
 tokenizer = "char"  # 'char' (one token per distinct character), 'gpt2' (GPT-2's BPE) or 'bpe' (learned from the text)
@@ -72,8 +75,8 @@ def download(url, dest):
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
-        fail(f"could not download {url}: {reason}; check the address and your connection, "
-             f"or pass a local file with --input=PATH")
+        raise UserError(f"could not download {url}: {reason}; check the address and your connection, "
+                        f"or pass a local file with --input=PATH") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -89,8 +92,8 @@ def read_chunks(path, desc):
             try:
                 chunk = f.read(CHUNK_CHARS)
             except UnicodeDecodeError as e:
-                fail(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be decoded); "
-                     f"convert it first, e.g. iconv -f latin1 -t utf-8 {path} > fixed.txt")
+                raise UserError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be decoded); "
+                                f"convert it first, e.g. iconv -f latin1 -t utf-8 {path} > fixed.txt") from None
             if not chunk:
                 return
             position = f.buffer.tell()
@@ -135,8 +138,8 @@ def bpe_ids(enc, text, where, start=0):
         return enc.encode_to_numpy(text, disallowed_special=()).astype(np.uint16)  # no Python list in between
     except ValueError:  # tiktoken's pre-tokenizer gives up on a run of whitespace about a million long
         run = max(re.finditer(r"\s+", text), key=lambda match: len(match.group()))
-        fail(f"{where}: tiktoken cannot encode the run of {len(run.group()):,} whitespace characters at "
-             f"character {start + run.start():,}; break it up, e.g. with newlines")
+        raise UserError(f"{where}: tiktoken cannot encode the run of {len(run.group()):,} whitespace characters at "
+                        f"character {start + run.start():,}; break it up, e.g. with newlines")
 
 
 def bpe_encode_stream(pieces, enc, n_threads, where, start):
@@ -198,8 +201,8 @@ def resolve_input(input, out_dir):
         return input
     if input and not is_url(input):
         if not os.path.exists(input):
-            fail(f"input file '{input}' not found; pass a UTF-8 text file, a .jsonl or .parquet file of documents, "
-                 f"an http(s) URL of one, or hf:NAME with --input=")
+            raise UserError(f"input file '{input}' not found; pass a UTF-8 text file, a .jsonl or .parquet file of "
+                            f"documents, an http(s) URL of one, or hf:NAME with --input=")
         open_file(input, "input file").close()  # a folder, or unreadable: say so before anything else
         return input
     local = os.path.join(out_dir, "input" + (document_suffix(input) or ".txt"))
@@ -210,53 +213,56 @@ def resolve_input(input, out_dir):
 
 
 def encode_text(path, tokenizer, val_fraction, vocab_size):
-    """(meta, stream of (split, ids)) for a text file: its first (1 - val_fraction) characters are train."""
+    """(tokenizer_spec, stream of (split, ids)) for a text file: its first (1 - val_fraction) characters are train."""
     n_chars, alphabet = scan(read_chunks(path, "scanning"), want_alphabet=tokenizer == "char")
     if n_chars == 0:
-        fail(f"{path} is empty: there is nothing to train on")
+        raise UserError(f"{path} is empty: there is nothing to train on")
     n_train = int(n_chars * (1 - val_fraction))
     if n_train == 0 or n_train == n_chars:
-        fail(f"{path} has only {n_chars} characters, too few to split into train and val "
-             f"with val_fraction={val_fraction}; use a longer text")
+        raise UserError(f"{path} has only {n_chars} characters, too few to split into train and val "
+                        f"with val_fraction={val_fraction}; use a longer text")
     if tokenizer == "char":
-        meta, table = char_meta(alphabet, path), char_lookup(alphabet)
+        tokenizer_spec, table = char_spec(alphabet, path), char_lookup(alphabet)
         encode_split = lambda texts, start: (table[code_points(text)] for text in texts)
     else:
         pieces = itertools.takewhile(lambda piece: piece[0] == "train", split_chunks(path, n_train, "learning"))
         train_texts = (text for _, text in pieces)
-        meta = GPT2_META if tokenizer == "gpt2" else learn_bpe(train_texts, vocab_size, path)
-        enc = tiktoken_encoding(meta)
+        tokenizer_spec = GPT2_SPEC if tokenizer == "gpt2" else learn_bpe(train_texts, vocab_size, path)
+        enc = tiktoken_encoding(tokenizer_spec)
         encode_split = lambda texts, start: bpe_encode_stream(texts, enc, os.cpu_count() or 1, path, start)
     pieces = split_chunks(path, n_train)
-    return meta, ((split, ids) for split, group in itertools.groupby(pieces, key=lambda piece: piece[0])
-                  for ids in encode_split((text for _, text in group), 0 if split == "train" else n_train))
+    return tokenizer_spec, ((split, ids) for split, group in itertools.groupby(pieces, key=lambda piece: piece[0])
+                            for ids in encode_split((text for _, text in group), 0 if split == "train" else n_train))
 
 
 def encode_documents(source, tokenizer, val_fraction, vocab_size):
     """
-    (meta, stream of (split, ids)) for documents: whole documents go to train or val (see split_documents).
+    (tokenizer_spec, stream of (split, ids)) for documents: whole documents go to train or val (split_documents).
     The char tokenizer's alphabet and a learned BPE take a first pass over the documents.
     """
     if tokenizer == "char":
         n_chars, alphabet = scan((text + "\n" for text in read_documents(source)), want_alphabet=True)
         if n_chars == 0:
-            fail(f"{source} has no documents: there is nothing to train on")
-        meta, table = char_meta(alphabet, source), char_lookup(alphabet)
-        return meta, ((split, table[code_points(text + "\n")]) for split, text in split_documents(source, val_fraction))
+            raise UserError(f"{source} has no documents: there is nothing to train on")
+        tokenizer_spec, table = char_spec(alphabet, source), char_lookup(alphabet)
+        documents = split_documents(source, val_fraction)
+        return tokenizer_spec, ((split, table[code_points(text + "\n")]) for split, text in documents)
     train_texts = (text for split, text in split_documents(source, val_fraction) if split == "train")
-    meta = GPT2_META if tokenizer == "gpt2" else learn_bpe(train_texts, vocab_size, source)
-    enc = tiktoken_encoding(meta)
-    return meta, bpe_encode_documents(split_documents(source, val_fraction), enc, os.cpu_count() or 1, source)
+    tokenizer_spec = GPT2_SPEC if tokenizer == "gpt2" else learn_bpe(train_texts, vocab_size, source)
+    enc = tiktoken_encoding(tokenizer_spec)
+    return tokenizer_spec, bpe_encode_documents(split_documents(source, val_fraction), enc, os.cpu_count() or 1, source)
 
 
 def prepare(input, out_dir, tokenizer, val_fraction, vocab_size=vocab_size):
     """Write out_dir/train.bin, val.bin and meta.json; return meta.json's record of each split."""
     if tokenizer == "bpe" and vocab_size < 257:
-        fail(f"vocab_size must be at least 257 for --tokenizer=bpe (256 bytes and <|endoftext|>), got {vocab_size}")
+        raise UserError(f"vocab_size must be at least 257 for --tokenizer=bpe (256 bytes and <|endoftext|>), "
+                        f"got {vocab_size}")
     source = resolve_input(input, out_dir)
     make_dir(out_dir, "the data folder")
     documents = source.startswith("hf:") or document_suffix(source)
-    meta, encoded = (encode_documents if documents else encode_text)(source, tokenizer, val_fraction, vocab_size)
+    encode = encode_documents if documents else encode_text
+    tokenizer_spec, encoded = encode(source, tokenizer, val_fraction, vocab_size)
     # all three files are written to temporary ones and moved into place only when all went well, so that a
     # failure or Ctrl-C never leaves half-written files (or loses the old ones)
     paths = [os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")]
@@ -267,15 +273,14 @@ def prepare(input, out_dir, tokenizer, val_fraction, vocab_size=vocab_size):
             for split, ids in encoded:
                 files[split].write(ids.tobytes())  # numpy's tofile would not say why a write failed
                 counts[split] += np.bincount(ids, minlength=65536)
-        meta = {**meta, "splits": {split: split_stats(counts[split], meta) for split in SPLITS}}
+        meta = {**tokenizer_spec, "splits": {split: split_stats(counts[split], tokenizer_spec) for split in SPLITS}}
         with open(meta_tmp, "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
     return meta["splits"]
 
 
 def main(argv):
-    defaults = dict(input=input, dataset=dataset, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction)
-    config = configure(defaults, argv)
+    config = configure(defaults_of(globals()), argv)
     name = config["dataset"] or default_dataset(config["input"], config["tokenizer"])
     out_dir = os.path.join("data", name)
     splits = prepare(config["input"], out_dir, config["tokenizer"], config["val_fraction"], config["vocab_size"])

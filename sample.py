@@ -18,12 +18,14 @@ import sys
 
 import torch
 
-from checkpoint import load_checkpoint
-from configurator import configure, fail, read_text
-from devices import mixed_precision, resolve_device, resolve_dtype
-from hf_format import GPT2_MODELS
 from model import GPT
-from tokenizer import GPT2_META, make_codec
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.configurator import configure, defaults_of
+from smallgpt.devices import mixed_precision, resolve_device, resolve_dtype
+from smallgpt.errors import UserError
+from smallgpt.files import read_text
+from smallgpt.hf_format import GPT2_MODELS
+from smallgpt.tokenizer import GPT2_SPEC, make_codec
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (the checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
@@ -39,17 +41,16 @@ device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', '
 dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16), 'float32', 'bfloat16', 'float16'
 compile = False  # torch.compile the model (pays off for long samples only)
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+globals().update(configure(defaults_of(globals()), sys.argv[1:]))
 # -----------------------------------------------------------------------------
 
 if init_from not in ("resume", *GPT2_MODELS) and not os.path.isdir(init_from):
-    fail(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir), a GPT-2 model "
-         f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
+    raise UserError(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir), a GPT-2 model "
+                    f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
 if start.startswith("FILE:"):
     start = read_text(start[len("FILE:"):], "prompt file")
 if not start:
-    fail("the prompt is empty: give at least one character with --start=")
+    raise UserError("the prompt is empty: give at least one character with --start=")
 
 device = resolve_device(device)
 device_type = device.split(":")[0]
@@ -58,20 +59,17 @@ torch.manual_seed(seed)
 torch.set_float32_matmul_precision("high")
 autocast = mixed_precision(device_type, dtype)
 
-try:
-    if init_from == "resume":
-        model, tokenizer = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
-    else:
-        model, tokenizer = GPT.from_pretrained(init_from), GPT2_META
-except (ValueError, ImportError, OSError) as e:
-    fail(str(e))
-if model.config.vocab_size < tokenizer["vocab_size"]:
-    fail(f"{init_from} has {model.config.vocab_size} tokens, fewer than GPT-2's {tokenizer['vocab_size']}: "
-         f"it is not a GPT-2-tokenized model")
+if init_from == "resume":
+    model, tokenizer_spec = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+else:
+    model, tokenizer_spec = GPT.from_pretrained(init_from), GPT2_SPEC
+if model.config.vocab_size < tokenizer_spec["vocab_size"]:
+    raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than GPT-2's "
+                    f"{tokenizer_spec['vocab_size']}: it is not a GPT-2-tokenized model")
 model.eval()
 model.to(device)
 if device_type == "cpu":
-    model.lay_out_for_sampling()
+    model.store_weights_transposed()  # MKL's matrix-vector products read it faster
     if dtype == "float32":
         # ATen's own GELU rather than oneDNN's, whose fixed cost per call dominates on one token's activations
         # (bench.py --part=sample measures it); bfloat16 needs oneDNN for its products
@@ -79,11 +77,11 @@ if device_type == "cpu":
 if compile:
     model = torch.compile(model)
 
-encode, decode = make_codec(tokenizer)
+encode, decode = make_codec(tokenizer_spec)
 try:
     start_ids = encode(start)
 except ValueError as e:
-    fail(f"the prompt cannot be encoded with this model's tokenizer: {e}")
+    raise UserError(f"the prompt cannot be encoded with this model's tokenizer: {e}") from None
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
 
 
@@ -103,7 +101,7 @@ def print_as_generated(tokens):
 with torch.no_grad(), autocast:
     for k in range(num_samples):
         tokens = model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
-                                       n_tokens=tokenizer["vocab_size"])
+                                       tokenizer_vocab_size=tokenizer_spec["vocab_size"])
         if num_samples == 1:  # one sample: show the text as it is written
             print_as_generated(tokens)
         else:

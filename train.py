@@ -10,7 +10,8 @@ Train a GPT on the token ids that prepare.py wrote, on a CPU, one GPU, or many t
     torchrun --standalone --nproc_per_node=4 train.py # data-parallel over 4 processes (GPUs, or CPU with gloo)
 
 Every setting is a module-level value below; config files, then --key=value flags, override them (see
-configurator.py). out_dir gets ckpt.pt (see checkpoint.py), metrics.jsonl and loss.png (see metrics.py).
+smallgpt/configurator.py). out_dir gets ckpt.pt (smallgpt/checkpoint.py), metrics.jsonl and loss.png
+(smallgpt/metrics.py).
 """
 
 import math
@@ -23,17 +24,18 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (PRETRAINED_KEYS, TRAINING_KEYS, load_training_state, read_checkpoint, restore_rng_states,
-                        resume_settings, rng_states, save_checkpoint, training_state)
-from configurator import configure, fail
-from dataset import bits_per_byte, open_dataset
-from devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
-from files import make_dir
-from hf_format import GPT2_MODELS
-from interrupts import catch_stop_signals, stop_requested
-from metrics import MetricsLog, format_duration
 from model import GPT, GPTConfig
-from tokenizer import model_vocab_size
+from smallgpt.checkpoint import (PRETRAINED_KEYS, load_training_state, read_for_resuming, restore_rng_states,
+                                 rng_states, save_checkpoint, training_state)
+from smallgpt.configurator import configure, defaults_of
+from smallgpt.dataset import bits_per_byte, open_dataset
+from smallgpt.devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
+from smallgpt.errors import UserError
+from smallgpt.files import make_dir
+from smallgpt.hf_format import GPT2_MODELS
+from smallgpt.interrupts import catch_stop_signals, stop_requested
+from smallgpt.metrics import MetricsLog, format_duration
+from smallgpt.tokenizer import model_vocab_size
 
 # -----------------------------------------------------------------------------
 # default config values: a small character-level model that trains in a few minutes on a laptop CPU
@@ -87,28 +89,28 @@ compile = None  # torch.compile the model; None: on for CUDA, off elsewhere
 fsdp = False  # under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2)
 seed = 1337
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items()
-               if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
-config = configure({k: globals()[k] for k in config_keys}, sys.argv[1:])  # also checks each value's range
+config = configure(defaults_of(globals()), sys.argv[1:])  # checked; and a UserError is one line on stderr
 globals().update(config)
 # -----------------------------------------------------------------------------
 # the settings that depend on each other, and the data, checked before anything slow happens
 
 if init_from not in ("scratch", "resume", *GPT2_MODELS) and not os.path.isdir(init_from):
-    fail(f"unknown init_from '{init_from}': use 'scratch', 'resume', a GPT-2 model ({', '.join(GPT2_MODELS)}) "
-         f"or a folder in Hugging Face's GPT-2 format")
+    raise UserError(f"unknown init_from '{init_from}': use 'scratch', 'resume', a GPT-2 model "
+                    f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
 if n_embd % n_head != 0:
-    fail(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head channels")
+    raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): "
+                    f"each head gets n_embd // n_head channels")
 if rotary and n_embd // n_head % 2:
-    fail(f"rotary=True turns channels in pairs: the head size n_embd // n_head ({n_embd // n_head}) must be even")
+    raise UserError(f"rotary=True turns channels in pairs: "
+                    f"the head size n_embd // n_head ({n_embd // n_head}) must be even")
 if fsdp and muon_learning_rate:
-    fail("fsdp=True cannot train with Muon, which needs each matrix whole: "
-         "use DDP (fsdp=False) or muon_learning_rate=0")
+    raise UserError("fsdp=True cannot train with Muon, which needs each matrix whole: "
+                    "use DDP (fsdp=False) or muon_learning_rate=0")
 if compile not in (None, True, False):
-    fail(f"compile must be True or False, got {compile!r}")
-data_dir, meta, splits = open_dataset(dataset, block_size)
+    raise UserError(f"compile must be True or False, got {compile!r}")
+data_dir, tokenizer_spec, splits = open_dataset(dataset, block_size)
 
-# Ctrl-C or SIGTERM: finish the current step, save a checkpoint and exit (see interrupts.py)
+# Ctrl-C or SIGTERM: finish the current step, save a checkpoint and exit (see smallgpt/interrupts.py)
 catch_stop_signals(announce=int(os.environ.get("RANK", 0)) == 0)
 
 # -----------------------------------------------------------------------------
@@ -132,14 +134,15 @@ if ddp:
     dist.init_process_group(backend=backend)
     master_process = ddp_rank == 0  # logs and writes checkpoints
     if fsdp and dtype == "float16":
-        fail("fsdp=True trains in bfloat16 or float32: use --dtype=bfloat16 "
-             "(float16 would need a sharded gradient scaler)")
+        raise UserError("fsdp=True trains in bfloat16 or float32: use --dtype=bfloat16 "
+                        "(float16 would need a sharded gradient scaler)")
     if gradient_accumulation_steps % ddp_world_size != 0 and batch_size % ddp_world_size != 0:
-        fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
-             f"of processes ({ddp_world_size}), or else batch_size ({batch_size}) must be")
+        raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
+                        f"number of processes ({ddp_world_size}), or else batch_size ({batch_size}) must be")
 else:
     if fsdp:
-        fail("fsdp=True shards the model over several processes: launch with torchrun --nproc_per_node=N train.py ...")
+        raise UserError("fsdp=True shards the model over several processes: "
+                        "launch with torchrun --nproc_per_node=N train.py ...")
     ddp_rank, ddp_world_size, master_process = 0, 1, True
 # Each step trains on gradient_accumulation_steps x batch_size sequences in all, shared out among the
 # processes: each process takes a share of the micro-batches; where they do not divide,
@@ -167,12 +170,12 @@ autocast = mixed_precision(device_type, dtype)
 SPLIT_STREAMS = {"train": 0, "val": 1, "train_eval": 2}
 
 
-def get_batch(split, n, *key):
-    """n sequences (x, y) of split; `key` picks which (the same key gives the same batch)."""
+def get_batch(split, n, batch_index):
+    """n sequences (x, y) of split: the same split and batch_index give the same batch."""
     # a fresh memmap per batch: a long-lived one grows in memory (https://stackoverflow.com/q/45132940)
     path = os.path.join(data_dir, "val.bin" if split == "val" else "train.bin")
     data = np.memmap(path, dtype=np.uint16, mode="r")
-    rng = np.random.default_rng([seed, SPLIT_STREAMS[split], *key])
+    rng = np.random.default_rng([seed, SPLIT_STREAMS[split], batch_index])
     starts = rng.integers(0, len(data) - block_size, size=n)
     windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (n, T+1)
     x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
@@ -197,39 +200,33 @@ def train_batches(iter_num):
 # model and optimizer
 
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  vocab_size=model_vocab_size(meta), dropout=dropout, activation=activation, rotary=rotary,
+                  vocab_size=model_vocab_size(tokenizer_spec), dropout=dropout, activation=activation, rotary=rotary,
                   qk_norm=qk_norm, attn_scale=attn_scale)
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 pretrained = None if init_from in ("scratch", "resume") else init_from  # where the weights started, if not random
 iter_num, best_val_loss, best_iter = 0, float("inf"), 0  # best_iter: the iteration of best_val_loss
 checkpoint = None
 if init_from == "resume":
-    try:
-        checkpoint = read_checkpoint(ckpt_path, TRAINING_KEYS, device)
-        model_args, changed = resume_settings(checkpoint, model_args, config, meta)
-    except ValueError as e:
-        fail(f"cannot resume: {e}")
+    checkpoint, model_args, changed = read_for_resuming(ckpt_path, model_args, config, tokenizer_spec, device)
     pretrained, iter_num = checkpoint.get("pretrained"), checkpoint["iter_num"]
     best_val_loss, best_iter = checkpoint["best_val_loss"], checkpoint["best_iter"]
     if master_process:
         print(f"resuming from {ckpt_path} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
 
-if pretrained and meta["tokenizer"] != "gpt2":
-    fail(f"{pretrained}'s weights need a dataset tokenized with GPT-2's BPE, but {data_dir} uses the "
-         f"{meta['tokenizer']} tokenizer; make one with: python prepare.py --input=YOUR_TEXT --tokenizer=gpt2")
+if pretrained and tokenizer_spec["tokenizer"] != "gpt2":
+    raise UserError(f"{pretrained}'s weights need a dataset tokenized with GPT-2's BPE, but {data_dir} uses the "
+                    f"{tokenizer_spec['tokenizer']} tokenizer; make one with: "
+                    f"python prepare.py --input=YOUR_TEXT --tokenizer=gpt2")
 if init_from in ("scratch", "resume"):
     model = GPT(GPTConfig(**model_args))
 else:
-    try:
-        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-    except (ValueError, ImportError, OSError) as e:
-        fail(str(e))
-    if model.config.vocab_size < meta["vocab_size"]:
-        fail(f"{init_from} has {model.config.vocab_size} tokens, fewer than the {meta['vocab_size']} of {data_dir}'s "
-             f"tokenizer: it is not a GPT-2-tokenized model")
+    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    if model.config.vocab_size < tokenizer_spec["vocab_size"]:
+        raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than the "
+                        f"{tokenizer_spec['vocab_size']} of {data_dir}'s tokenizer: it is not a GPT-2-tokenized model")
     if block_size > model.config.block_size:
-        fail(f"block_size={block_size} is longer than the {model.config.block_size} positions of {init_from}; "
-             f"use --block_size={model.config.block_size} or less")
+        raise UserError(f"block_size={block_size} is longer than the {model.config.block_size} positions of "
+                        f"{init_from}; use --block_size={model.config.block_size} or less")
     if master_process:
         shape = ", ".join(f"{k}={getattr(model.config, k)}" for k in ("n_layer", "n_head", "n_embd", "vocab_size"))
         print(f"initializing from {init_from}: {shape}, block_size {model.config.block_size} -> {block_size}")
@@ -303,7 +300,7 @@ def write_checkpoint():
         save_checkpoint(ckpt_path, {
             "model": model_state, "model_args": model_args, "optimizer": optimizer_state,
             "scaler": scaler.state_dict(), "iter_num": iter_num, "best_val_loss": best_val_loss,
-            "best_iter": best_iter, "config": config, "tokenizer": meta, "pretrained": pretrained, **rng})
+            "best_iter": best_iter, "config": config, "tokenizer": tokenizer_spec, "pretrained": pretrained, **rng})
         print(f"saving checkpoint to {ckpt_path}")
 
 
@@ -311,8 +308,8 @@ def check_finite(loss, what):
     """Stop on a non-finite loss, before it trains further or gets saved over the last good checkpoint."""
     if not math.isfinite(loss):
         last = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
-        fail(f"{what} is {loss} at iter {iter_num}: training diverged; {last}. "
-             f"Try a lower learning_rate, or grad_clip=1.0")
+        raise UserError(f"{what} is {loss} at iter {iter_num}: training diverged; {last}. "
+                        f"Try a lower learning_rate, or grad_clip=1.0")
 
 
 # -----------------------------------------------------------------------------

@@ -1,25 +1,33 @@
 """
-Shared helpers for the tests: paths, a runner that drives the real scripts as a user would, and small
-prepared datasets. Tests that need Tiny Shakespeare or GPT-2's BPE files read them from ../shared/data
-beside the checkout (no network needed).
+Shared helpers for the tests: paths, a runner that drives the real scripts as a user would, prepare.py run in
+this process, the message of a UserError, and small prepared datasets. Tests that need Tiny Shakespeare or
+GPT-2's BPE files read them from ../shared/data beside the checkout (no network needed).
 """
 
+import io
 import os
 import resource
 import subprocess
 import sys
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import pytest
+
+import prepare
+from smallgpt.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 TIKTOKEN_CACHE = SHARED_DATA / "tiktoken_cache"
 
-sys.path.insert(0, str(ROOT))
 if TIKTOKEN_CACHE.is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+# Under pytest -n, one test runs per core: a thread each (for this process and the scripts it starts) keeps them
+# from fighting over the cores
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} is missing")
 needs_gpt2_bpe = pytest.mark.skipif("TIKTOKEN_CACHE_DIR" not in os.environ,
@@ -39,6 +47,34 @@ def run_script(script, *args, cwd, env=None, max_file_size=None):
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=600,
                           preexec_fn=limit if max_file_size else None)
+
+
+@contextmanager
+def inside(folder):
+    """Work in folder, as a script run there does, and come back after."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def prepare_in(folder, *args):
+    """Run prepare.py's main with args in this process, inside folder; return what it printed."""
+    printed = io.StringIO()
+    with inside(folder), redirect_stdout(printed):
+        prepare.main([str(arg) for arg in args])
+    return printed.getvalue()
+
+
+def user_error(call, *fragments):
+    """The message of the UserError that call() raises, which must name every fragment."""
+    with pytest.raises(UserError) as error:
+        call()
+    for fragment in fragments:
+        assert fragment in str(error.value), str(error.value)
+    return str(error.value)
 
 
 def run_ok(script, *args, cwd):
@@ -74,13 +110,16 @@ def sample_text(n_chars=40_000):
     return "".join(lines[i % 2] for i in range(n_chars // 50))[:n_chars]
 
 
+def with_char_data(folder):
+    """folder with data/shakespeare_char prepared from 40k characters of text; returns folder."""
+    (folder / "text.txt").write_text(sample_text(), encoding="utf-8")
+    prepare_in(folder, "--input=text.txt", "--dataset=shakespeare_char")
+    return folder
+
+
 @pytest.fixture
 def char_data(tmp_path):
-    """tmp_path with data/shakespeare_char prepared from 40k characters of text; returns tmp_path."""
-    (tmp_path / "text.txt").write_text(sample_text(), encoding="utf-8")
-    result = run_script("prepare.py", "--input=text.txt", "--dataset=shakespeare_char", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    return tmp_path
+    return with_char_data(tmp_path)
 
 
 def parse_losses(stdout):

@@ -9,65 +9,97 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_clean_error, needs_gpt2_bpe, run_script, sample_text
+from conftest import TINY, assert_clean_error, inside, needs_gpt2_bpe, prepare_in, run_script, sample_text, user_error
+from model import GPT, GPTConfig
+from smallgpt.configurator import configure
+from smallgpt.files import make_dir, read_text
+from smallgpt.hf_format import save_pretrained
 
 
 def files_in(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("script, args, message", [
-    ("train.py", ["--learning_rate=-1e-3"], "learning_rate must be 0 or more, got -0.001"),
-    ("train.py", ["--dropout=1.5"], "dropout must be in [0, 1), got 1.5"),
-    ("train.py", ["--max_iters=-5"], "max_iters must be 0 or more, got -5"),
-    ("train.py", ["--beta2=1.0"], "beta2 must be in [0, 1), got 1.0"),
-    ("train.py", ["--seed=-1"], "seed must be in [0, 4294967295], got -1"),
-    ("train.py", ["--backend=carrier-pigeon"], "unknown backend 'carrier-pigeon': use auto, nccl, gloo"),
-    ("sample.py", ["--num_samples=0"], "num_samples must be at least 1, got 0"),
-    ("sample.py", ["--top_k=-1"], "top_k must be 0 or more, got -1"),
-    ("prepare.py", ["--val_fraction=0"], "val_fraction must be in (0, 1), got 0.0"),
-    ("prepare.py", ["--tokenizer=wordpiece"], "unknown tokenizer 'wordpiece': use char, gpt2, bpe"),
-    ("bench.py", ["--rounds=0"], "rounds must be at least 1, got 0"),
-    ("bench.py", ["--part=everything"], "unknown part 'everything'"),
+@pytest.mark.parametrize("default, flag, message", [
+    (1e-3, "--learning_rate=-1e-3", "learning_rate must be 0 or more, got -0.001"),
+    (0.0, "--dropout=1.5", "dropout must be in [0, 1), got 1.5"),
+    (2000, "--max_iters=-5", "max_iters must be 0 or more, got -5"),
+    (0.99, "--beta2=1.0", "beta2 must be in [0, 1), got 1.0"),
+    (1337, "--seed=-1", "seed must be in [0, 4294967295], got -1"),
+    ("auto", "--backend=carrier-pigeon", "unknown backend 'carrier-pigeon': use auto, nccl, gloo"),
+    (10, "--num_samples=0", "num_samples must be at least 1, got 0"),
+    (200, "--top_k=-1", "top_k must be 0 or more, got -1"),
+    (0.1, "--val_fraction=0", "val_fraction must be in (0, 1), got 0.0"),
+    ("char", "--tokenizer=wordpiece", "unknown tokenizer 'wordpiece': use char, gpt2, bpe"),
+    (9, "--rounds=0", "rounds must be at least 1, got 0"),
+    ("all", "--part=everything", "unknown part 'everything'"),
 ])
-def test_settings_outside_their_range_are_refused_before_anything_runs(tmp_path, script, args, message):
+def test_settings_outside_their_range_are_refused(default, flag, message):
+    key = flag[2:].partition("=")[0]
+    user_error(lambda: configure({key: default}, [flag]), message)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, message", [
+    ("train.py", ["--dropout=1.5"], "dropout must be in [0, 1), got 1.5"),
+    ("sample.py", ["--num_samples=0"], "num_samples must be at least 1, got 0"),
+    ("prepare.py", ["--val_fraction=0"], "val_fraction must be in (0, 1), got 0.0"),
+    ("bench.py", ["--part=everything"], "unknown part 'everything'"),
+    ("export.py", ["--export_dri=hf"], "unknown key 'export_dri' in flag --export_dri; did you mean 'export_dir'?"),
+])
+def test_each_script_refuses_bad_settings_in_one_line_before_anything_runs(tmp_path, script, args, message):
     result = run_script(script, *args, cwd=tmp_path)
     assert_clean_error(result, message)
     assert not list(tmp_path.iterdir())  # refused before anything was made
 
 
-def test_config_and_prompt_files_that_cannot_be_read(char_data):
-    (char_data / "folder.py").mkdir()
-    (char_data / "latin1.py").write_bytes(b"# caf\xe9\nbatch_size = 4\n")
-    assert_clean_error(run_script("train.py", "folder.py", cwd=char_data), "config file 'folder.py' is a folder")
-    assert_clean_error(run_script("train.py", "latin1.py", cwd=char_data),
-                       "config file 'latin1.py' is not UTF-8 text (byte 0xe9")
-    (char_data / "prompt.txt").write_bytes(b"ROMEO \xff\n")
-    (char_data / "prompts").mkdir()
-    assert_clean_error(run_script("sample.py", "--start=FILE:prompt.txt", cwd=char_data),
+def test_config_and_prompt_files_that_cannot_be_read(tmp_path):
+    (tmp_path / "folder.py").mkdir()
+    (tmp_path / "latin1.py").write_bytes(b"# caf\xe9\nbatch_size = 4\n")
+    (tmp_path / "prompt.txt").write_bytes(b"ROMEO \xff\n")
+    (tmp_path / "prompts").mkdir()
+    with inside(tmp_path):
+        user_error(lambda: configure({"batch_size": 12}, ["folder.py"]), "config file 'folder.py' is a folder")
+        user_error(lambda: configure({"batch_size": 12}, ["latin1.py"]),
+                   "config file 'latin1.py' is not UTF-8 text (byte 0xe9")
+        user_error(lambda: read_text("prompt.txt", "prompt file"),
+                   "prompt file 'prompt.txt' is not UTF-8 text (byte 0xff")
+        user_error(lambda: read_text("prompts", "prompt file"), "prompt file 'prompts' is a folder")
+
+
+@pytest.mark.slow
+def test_a_prompt_file_that_cannot_be_read_is_one_line_from_sample_py(tmp_path):
+    (tmp_path / "prompt.txt").write_bytes(b"ROMEO \xff\n")
+    assert_clean_error(run_script("sample.py", "--start=FILE:prompt.txt", cwd=tmp_path),
                        "prompt file 'prompt.txt' is not UTF-8 text (byte 0xff")
-    assert_clean_error(run_script("sample.py", "--start=FILE:prompts", cwd=char_data),
-                       "prompt file 'prompts' is a folder")
 
 
 def test_an_input_that_is_a_folder_and_outputs_through_a_file(tmp_path):
     (tmp_path / "texts").mkdir()
-    assert_clean_error(run_script("prepare.py", "--input=texts", cwd=tmp_path), "input file 'texts' is a folder")
+    user_error(lambda: prepare_in(tmp_path, "--input=texts"), "input file 'texts' is a folder")
     (tmp_path / "t.txt").write_text(sample_text(5000), encoding="utf-8")
     (tmp_path / "data").write_text("not a folder")
-    assert_clean_error(run_script("prepare.py", "--input=t.txt", cwd=tmp_path),
-                       "cannot create the data folder data/t_char: Not a directory")
+    user_error(lambda: prepare_in(tmp_path, "--input=t.txt"),
+               "cannot create the data folder data/t_char: Not a directory")
     assert (tmp_path / "data").read_text() == "not a folder"
 
 
+def test_a_folder_through_a_file(tmp_path):
+    (tmp_path / "plain").write_text("a file")
+    with inside(tmp_path):
+        user_error(lambda: make_dir("plain/out", "out_dir"), "cannot create out_dir plain/out: Not a directory")
+        user_error(lambda: make_dir("plain", "out_dir"),
+                   "cannot create out_dir plain: a file of that name is in the way")
+
+
+@pytest.mark.slow
 def test_an_out_dir_through_a_file(char_data):
     (char_data / "plain").write_text("a file")
     assert_clean_error(run_script("train.py", *TINY, "--out_dir=plain/out", cwd=char_data),
                        "cannot create out_dir plain/out: Not a directory")
-    assert_clean_error(run_script("train.py", *TINY, "--out_dir=plain", cwd=char_data),
-                       "cannot create out_dir plain: a file of that name is in the way")
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(char_data):
     assert run_script("train.py", *TINY, "--max_iters=4", "--eval_interval=4", cwd=char_data).returncode == 0
     before = files_in(char_data / "out")
@@ -80,9 +112,10 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(char_data)
     assert torch.load(char_data / "out" / "ckpt.pt", weights_only=True)["iter_num"] == 4
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_preparing_keeps_the_previous_dataset(tmp_path):
     (tmp_path / "t.txt").write_text(sample_text(40_000), encoding="utf-8")
-    assert run_script("prepare.py", "--input=t.txt", "--val_fraction=0.5", cwd=tmp_path).returncode == 0
+    prepare_in(tmp_path, "--input=t.txt", "--val_fraction=0.5")
     (tmp_path / "t.txt").write_text(sample_text(40_000) * 3, encoding="utf-8")
     before = files_in(tmp_path / "data")
     result = run_script("prepare.py", "--input=t.txt", "--val_fraction=0.5", cwd=tmp_path, max_file_size=60_000)
@@ -91,9 +124,9 @@ def test_a_full_disk_while_preparing_keeps_the_previous_dataset(tmp_path):
     assert files_in(tmp_path / "data") == before
 
 
+@pytest.mark.slow
 def test_a_full_disk_or_a_file_in_the_way_while_exporting(tmp_path):
     pytest.importorskip("safetensors")
-    from model import GPT, GPTConfig
     args = dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=50304, bias=True)
     (tmp_path / "out").mkdir()
     torch.save({"model": GPT(GPTConfig(**args)).state_dict(), "model_args": args,
@@ -103,8 +136,9 @@ def test_a_full_disk_or_a_file_in_the_way_while_exporting(tmp_path):
     assert_clean_error(result, "could not write model out/hf/model.safetensors, out/hf/config.json: File too large")
     assert not list((tmp_path / "out" / "hf").iterdir())
     (tmp_path / "plain").write_text("a file")
-    assert_clean_error(run_script("export.py", "--export_dir=plain/hf", cwd=tmp_path),
-                       "cannot create the model folder plain/hf: Not a directory")
+    with inside(tmp_path):
+        user_error(lambda: save_pretrained(GPT(GPTConfig(**args)), "plain/hf"),
+                   "cannot create the model folder plain/hf: Not a directory")
 
 
 @needs_gpt2_bpe
@@ -113,7 +147,7 @@ def test_special_token_text_in_a_text_is_ordinary_text(tmp_path):
     import tiktoken
     text = "Some text, then <|endoftext|> as text, then more.\n" * 400
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    assert run_script("prepare.py", "--input=t.txt", "--tokenizer=gpt2", cwd=tmp_path).returncode == 0
+    prepare_in(tmp_path, "--input=t.txt", "--tokenizer=gpt2")
     ids = np.fromfile(tmp_path / "data" / "t" / "train.bin", dtype=np.uint16)
     assert ids.tolist() == tiktoken.get_encoding("gpt2").encode_ordinary(text[:int(len(text) * 0.9)])
 
@@ -126,5 +160,5 @@ def test_special_token_text_in_a_text_is_ordinary_text(tmp_path):
 ])
 def test_a_whitespace_run_too_long_for_tiktoken_is_named_with_its_position(tmp_path, name, content, where):
     (tmp_path / name).write_text(content, encoding="utf-8")
-    result = run_script("prepare.py", f"--input={name}", "--tokenizer=gpt2", cwd=tmp_path)
-    assert_clean_error(result, where, "tiktoken cannot encode the run of 1,500,000 whitespace characters at character")
+    user_error(lambda: prepare_in(tmp_path, f"--input={name}", "--tokenizer=gpt2"), where,
+               "tiktoken cannot encode the run of 1,500,000 whitespace characters at character")

@@ -2,6 +2,8 @@
 
 import shutil
 
+import pytest
+
 from conftest import assert_clean_error, needs_gpt2_bpe, run_ok, run_script
 
 
@@ -9,6 +11,7 @@ def bench(cwd, *args):
     return run_ok("bench.py", "--device=cpu", *args, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_train_part_compares_the_step_with_nanogpts_and_the_matrix_products(char_data):
     out = bench(char_data, "--part=train", "--rounds=2", "--steps_per_round=2")
     for name in ("this repository", "nanoGPT's optimizer", "matrix products alone"):
@@ -17,6 +20,7 @@ def test_train_part_compares_the_step_with_nanogpts_and_the_matrix_products(char
     assert "speedup over nanoGPT's step:" in out
 
 
+@pytest.mark.slow
 @needs_gpt2_bpe
 def test_prepare_part_writes_the_same_ids_as_nanogpts_way(char_data):
     shutil.copy(char_data / "text.txt", char_data / "data" / "shakespeare_char" / "input.txt")
@@ -27,6 +31,7 @@ def test_prepare_part_writes_the_same_ids_as_nanogpts_way(char_data):
     assert all("peak memory" in line and "learning from train" in line for line in lines[2:])
 
 
+@pytest.mark.slow
 def test_sample_part_gets_the_same_tokens_with_and_without_the_cache(char_data):
     out = bench(char_data, "--part=sample")
     assert "recomputing (nanoGPT)" in out and "KV cache, as sample.py on CPU" in out
@@ -34,5 +39,6 @@ def test_sample_part_gets_the_same_tokens_with_and_without_the_cache(char_data):
     assert "no out/ckpt.pt for the 2,000-token measurement" in out
 
 
+@pytest.mark.slow
 def test_an_unknown_part_is_a_clean_error(tmp_path):
     assert_clean_error(run_script("bench.py", "--part=everything", cwd=tmp_path), "unknown part 'everything'")

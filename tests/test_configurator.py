@@ -2,16 +2,17 @@
 
 import pytest
 
-from configurator import configure
+from smallgpt.configurator import RANGES, configure, defaults_of
+from smallgpt.errors import UserError
 
 DEFAULTS = dict(batch_size=12, learning_rate=1e-3, compile=False, device="auto", dataset="shakespeare_char",
                 compile_mode=None)
 
 
 def error_of(argv):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError) as e:
         configure(DEFAULTS, argv)
-    return str(e.value.code)
+    return str(e.value)
 
 
 def test_no_arguments_keep_the_defaults():
@@ -77,19 +78,18 @@ def test_config_file_errors_are_one_line(tmp_path):
 
 def test_values_outside_their_range_are_refused_with_the_range():
     defaults = dict(batch_size=12, dropout=0.0, top_p=1.0, temperature=0.8, max_new_tokens=500, attn_scale=1.0)
-    error = lambda *argv: pytest.raises(SystemExit, configure, defaults, list(argv)).value.code
-    assert error("--batch_size=0") == "error: batch_size must be at least 1, got 0"
-    assert error("--dropout=1.5") == "error: dropout must be in [0, 1), got 1.5"
-    assert error("--dropout=-0.1") == "error: dropout must be in [0, 1), got -0.1"
-    assert error("--top_p=0") == "error: top_p must be in (0, 1], got 0.0"
-    assert error("--max_new_tokens=-5") == "error: max_new_tokens must be 0 or more, got -5"
-    assert error("--attn_scale=1e999") == "error: attn_scale must be above 0, got inf"
+    error = lambda *argv: str(pytest.raises(UserError, configure, defaults, list(argv)).value)
+    assert error("--batch_size=0") == "batch_size must be at least 1, got 0"
+    assert error("--dropout=1.5") == "dropout must be in [0, 1), got 1.5"
+    assert error("--dropout=-0.1") == "dropout must be in [0, 1), got -0.1"
+    assert error("--top_p=0") == "top_p must be in (0, 1], got 0.0"
+    assert error("--max_new_tokens=-5") == "max_new_tokens must be 0 or more, got -5"
+    assert error("--attn_scale=1e999") == "attn_scale must be above 0, got inf"
     assert error("--temperature=0").endswith("; for nearly greedy sampling use e.g. 0.01 or --top_k=1")
     assert configure(defaults, ["--dropout=0", "--top_p=1", "--batch_size=1"])["top_p"] == 1.0  # the ends it includes
 
 
 def test_every_range_is_well_formed():
-    from configurator import RANGES
     for key, spec in RANGES.items():
         if isinstance(spec, tuple):
             assert len(set(spec)) == len(spec) > 1, key
@@ -100,8 +100,14 @@ def test_every_range_is_well_formed():
 
 
 def test_choices_are_checked_and_match_what_the_code_offers():
-    from configurator import RANGES
     from model import ACTIVATIONS
     assert RANGES["activation"] == tuple(ACTIVATIONS)
-    error = pytest.raises(SystemExit, configure, dict(dtype="auto"), ["--dtype=fp8"]).value.code
-    assert error == "error: unknown dtype 'fp8': use auto, float32, bfloat16, float16"
+    error = str(pytest.raises(UserError, configure, dict(dtype="auto"), ["--dtype=fp8"]).value)
+    assert error == "unknown dtype 'fp8': use auto, float32, bfloat16, float16"
+
+
+def test_defaults_of_takes_a_scripts_settings_and_nothing_else():
+    import math
+    namespace = dict(batch_size=12, learning_rate=1e-3, compile=None, device="auto", CHUNK_CHARS=1 << 20, _private=1,
+                     math=math, configure=configure, UserError=UserError, __name__="__main__")
+    assert defaults_of(namespace) == dict(batch_size=12, learning_rate=1e-3, compile=None, device="auto")

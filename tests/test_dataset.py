@@ -1,11 +1,12 @@
-"""dataset.py: a data folder is checked before training starts, each failure one line naming the file."""
+"""smallgpt/dataset.py: a data folder is checked before training starts, each failure one line naming the file."""
 
 import json
 
 import numpy as np
 import pytest
 
-from conftest import TINY, assert_clean_error, run_script
+from conftest import TINY, assert_clean_error, inside, run_script, user_error
+from smallgpt.dataset import open_dataset
 
 
 def files_in(folder):
@@ -43,8 +44,16 @@ def test_a_damaged_data_folder_is_a_clean_error_and_stays_as_it_was(char_data, d
     folder = char_data / "data" / "shakespeare_char"
     damage(folder)
     before = files_in(folder)
-    assert_clean_error(run_script("train.py", *TINY, "--max_iters=2", cwd=char_data), *fragments)
+    with inside(char_data):
+        user_error(lambda: open_dataset("shakespeare_char", block_size=32), *fragments)
     assert files_in(folder) == before
+
+
+@pytest.mark.slow
+def test_train_py_checks_the_data_folder_before_it_starts(char_data):
+    open(char_data / "data" / "shakespeare_char" / "val.bin", "ab").write(b"\x00\x00")
+    assert_clean_error(run_script("train.py", *TINY, "--max_iters=2", cwd=char_data),
+                       "val.bin holds 4001 token ids, but data/shakespeare_char/meta.json says 4000", REMAKE)
 
 
 def test_a_folder_prepared_without_the_record_is_counted_once_and_recorded(char_data):
@@ -53,9 +62,20 @@ def test_a_folder_prepared_without_the_record_is_counted_once_and_recorded(char_
     max_id = int(np.fromfile(folder / "val.bin", np.uint16).max())
     assert record["val"] == {"tokens": 4000, "bytes": 4000, "max_id": max_id}
     edit_meta(folder, lambda m: m.pop("splits"))
-    result = run_script("train.py", *TINY, "--max_iters=2", "--eval_interval=2", cwd=char_data)
-    assert result.returncode == 0, result.stderr
+    with inside(char_data):
+        assert open_dataset("shakespeare_char", block_size=32)[2] == record
     assert json.loads((folder / "meta.json").read_text(encoding="utf-8"))["splits"] == record
     # ids beyond the vocabulary are found the same way, in a folder without the record
     edit_meta(folder, lambda m: (m.pop("splits"), smaller_vocabulary(m)))
-    assert_clean_error(run_script("train.py", *TINY, "--max_iters=2", cwd=char_data), "beyond the 10 ids")
+    with inside(char_data):
+        user_error(lambda: open_dataset("shakespeare_char", block_size=32), "beyond the 10 ids")
+
+
+@pytest.mark.slow
+def test_train_py_trains_on_a_folder_prepared_without_the_record(char_data):
+    folder = char_data / "data" / "shakespeare_char"
+    record = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["splits"]
+    edit_meta(folder, lambda m: m.pop("splits"))
+    result = run_script("train.py", *TINY, "--max_iters=2", "--eval_interval=2", cwd=char_data)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((folder / "meta.json").read_text(encoding="utf-8"))["splits"] == record

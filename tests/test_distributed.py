@@ -37,6 +37,7 @@ def max_difference(a, b):
 MUON = ["--muon_learning_rate=0.02", "--rotary=True", "--qk_norm=True"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, accumulation, options", [("ddp", 2, []), ("fsdp", 2, []), ("ddp", 1, []),
                                                          ("ddp", 2, MUON)])
 def test_two_processes_train_the_same_model_as_one(char_data, mode, accumulation, options):
@@ -56,6 +57,7 @@ def test_two_processes_train_the_same_model_as_one(char_data, mode, accumulation
     assert max_difference(weights(char_data / "one"), weights(char_data / mode)) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout, options", [("--fsdp=True", ["--eval_iters=3", "--gradient_accumulation_steps=2"]),
                                              ("--fsdp=False", ["--eval_iters=1", "--rotary=True"])])
 def test_evaluation_under_torchrun_when_the_processes_do_not_divide_eval_iters(char_data, layout, options):
@@ -68,6 +70,7 @@ def test_evaluation_under_torchrun_when_the_processes_do_not_divide_eval_iters(c
     assert sorted(two[1]) == [0, 2] and two[1][2] == pytest.approx(one[1][2], abs=2e-4)  # the same batches
 
 
+@pytest.mark.slow
 def test_a_checkpoint_resumes_under_any_process_layout(char_data):
     """One process, then FSDP over two, then DDP over two, then one again: the same weights as one straight run."""
     single(char_data, "--max_iters=24", "--out_dir=straight", "--gradient_accumulation_steps=2")
@@ -81,6 +84,7 @@ def test_a_checkpoint_resumes_under_any_process_layout(char_data):
     assert max_difference(weights(char_data / "straight"), weights(char_data / "relay")) < 1e-5
 
 
+@pytest.mark.slow
 def test_accumulation_steps_or_batch_size_must_divide_by_the_processes(char_data):
     result = torchrun(char_data, "--max_iters=2", "--gradient_accumulation_steps=3", "--batch_size=9")
     assert result.returncode != 0
@@ -88,10 +92,12 @@ def test_accumulation_steps_or_batch_size_must_divide_by_the_processes(char_data
             "or else batch_size (9) must be") in result.stderr
 
 
+@pytest.mark.slow
 def test_fsdp_needs_torchrun(char_data):
     assert_clean_error(run_script("train.py", *TINY, "--fsdp=True", cwd=char_data), "launch with torchrun")
 
 
+@pytest.mark.slow
 def test_compile_on_cpu(char_data):
     eager = parse_losses(single(char_data, "--max_iters=3", "--out_dir=eager").stdout)
     result = single(char_data, "--max_iters=3", "--out_dir=compiled", "--compile=True")

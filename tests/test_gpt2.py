@@ -15,11 +15,12 @@ import pytest
 import torch
 
 import prepare
-import tokenizer
 from conftest import ROOT, TINY, RunsCode, assert_clean_error, needs_gpt2_bpe, parse_losses, run_script, sample_text
-from checkpoint import load_checkpoint
-from hf_format import save_pretrained
 from model import GPT, GPTConfig
+from smallgpt import tokenizer
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.errors import UserError
+from smallgpt.hf_format import save_pretrained
 
 transformers = pytest.importorskip("transformers")
 GPT2Config, GPT2LMHeadModel, GPT2Model = transformers.GPT2Config, transformers.GPT2LMHeadModel, transformers.GPT2Model
@@ -126,7 +127,7 @@ def test_a_gpt2_with_the_exact_gelu_loads_with_it(tmp_path):
 @pytest.mark.parametrize("option", [dict(rotary=True), dict(qk_norm=True), dict(attn_scale=1.5)])
 def test_options_beyond_gpt2_cannot_be_saved_in_its_format(tmp_path, option):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50, **option))
-    with pytest.raises(ValueError, match="GPT-2's format cannot hold this model: it uses"):
+    with pytest.raises(UserError, match="GPT-2's format cannot hold this model: it uses"):
         save_pretrained(model, str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
 
@@ -150,7 +151,7 @@ def test_models_unlike_gpt2_are_refused(tmp_path, gpt2_folder, config, fragments
     (tmp_path / "model.safetensors").write_bytes((gpt2_folder / "model.safetensors").read_bytes())
     original = json.loads((gpt2_folder / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**original, **config}))
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(UserError) as error:
         GPT.from_pretrained(str(tmp_path))
     for fragment in fragments:
         assert fragment in str(error.value)
@@ -169,7 +170,7 @@ def test_models_unlike_gpt2_are_refused(tmp_path, gpt2_folder, config, fragments
 def test_folders_that_are_not_gpt2_models_are_refused(tmp_path, files, fragments):
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(UserError) as error:
         GPT.from_pretrained(str(tmp_path))
     for fragment in fragments:
         assert fragment in str(error.value)
@@ -179,10 +180,10 @@ def test_weights_that_config_json_does_not_describe_are_refused(tmp_path, gpt2_f
     (tmp_path / "model.safetensors").write_bytes((gpt2_folder / "model.safetensors").read_bytes())
     original = json.loads((gpt2_folder / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**original, "n_embd": 64}))
-    with pytest.raises(ValueError, match=r"transformer.wte.weight is \(50257, 32\), not \(50257, 64\)"):
+    with pytest.raises(UserError, match=r"transformer.wte.weight is \(50257, 32\), not \(50257, 64\)"):
         GPT.from_pretrained(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({**original, "n_layer": 3}))
-    with pytest.raises(ValueError, match=r"missing \['transformer.h.2.attn.c_attn.bias'"):
+    with pytest.raises(UserError, match=r"missing \['transformer.h.2.attn.c_attn.bias'"):
         GPT.from_pretrained(str(tmp_path))
 
 
@@ -190,25 +191,26 @@ def test_a_pytorch_model_bin_that_runs_code_is_never_unpickled(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.json").write_bytes((gpt2_folder / "config.json").read_bytes())
     torch.save({"transformer.wte.weight": RunsCode()}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="not a readable weights file"):
+    with pytest.raises(UserError, match="not a readable weights file"):
         GPT.from_pretrained(str(tmp_path))
     assert not (tmp_path / "pwned").exists()
 
 
 def test_missing_packages_say_how_to_install_them(monkeypatch, gpt2_folder, tmp_path):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if it were not installed
-    with pytest.raises(ImportError, match="needs huggingface_hub: pip install huggingface_hub safetensors"):
+    with pytest.raises(UserError, match="needs huggingface_hub: pip install huggingface_hub safetensors"):
         GPT.from_pretrained("gpt2")
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
-    with pytest.raises(ImportError, match="needs safetensors: pip install safetensors"):
+    with pytest.raises(UserError, match="needs safetensors: pip install safetensors"):
         GPT.from_pretrained(str(gpt2_folder))
-    with pytest.raises(ImportError, match="needs safetensors: pip install safetensors"):
+    with pytest.raises(UserError, match="needs safetensors: pip install safetensors"):
         save_pretrained(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10)), str(tmp_path))
 
 
 # -----------------------------------------------------------------------------
 # the scripts: finetuning, resuming, exporting and evaluating
 
+@pytest.mark.slow
 @needs_gpt2_bpe
 def test_finetune_config_on_a_folder_then_resume_export_and_evaluate(gpt2_data, gpt2_folder):
     # GPT-2's vocabulary makes even this tiny model slow to train: few and short sequences, and a high learning rate
@@ -272,11 +274,12 @@ def char_checkpoint(gpt2_data):
     rotary_args = dict(model_args, vocab_size=50304, rotary=True)
     (gpt2_data / "rotary-out").mkdir()
     torch.save({"model": GPT(GPTConfig(**rotary_args)).state_dict(), "model_args": rotary_args,
-                "tokenizer": tokenizer.GPT2_META}, gpt2_data / "rotary-out" / "ckpt.pt")
+                "tokenizer": tokenizer.GPT2_SPEC}, gpt2_data / "rotary-out" / "ckpt.pt")
     prepare.prepare(str(gpt2_data / "text.txt"), str(gpt2_data / "data" / "chars"), "char", 0.1)
     return gpt2_data
 
 
+@pytest.mark.slow
 @needs_gpt2_bpe
 @pytest.mark.parametrize("script, args, fragments", [
     ("train.py", ["--block_size=65"], ["block_size=65 is longer than the 64 positions of", "use --block_size=64"]),
@@ -368,6 +371,7 @@ def sample(cwd, *args, env=None):
     return result.stdout
 
 
+@pytest.mark.slow
 @needs_gpt2_bpe
 def test_gpt2_is_downloaded_once_then_read_from_the_cache_offline(tmp_path, hub, gpt2_folder):
     hub.repos["openai-community/gpt2"] = gpt2_folder
@@ -381,6 +385,7 @@ def test_gpt2_is_downloaded_once_then_read_from_the_cache_offline(tmp_path, hub,
     assert sample(tmp_path, *args, env={**hub.env, "HF_HUB_OFFLINE": "1"}) == online
 
 
+@pytest.mark.slow
 def test_a_repository_missing_from_the_hub_is_a_clean_error(tmp_path, hub):
     result = run_script("sample.py", "--device=cpu", "--init_from=gpt2-xl", cwd=tmp_path, env=hub.env)
     assert_clean_error(result, "cannot download openai-community/gpt2-xl/config.json from the Hugging Face Hub",

@@ -3,11 +3,15 @@
 import importlib.util
 import json
 import re
+import shutil
 import struct
+import subprocess
+import sys
 
 import pytest
 
-from conftest import TINY, assert_clean_error, needs_gpt2_bpe, parse_losses, run_script, sample_text
+from conftest import (ROOT, TINY, assert_clean_error, needs_gpt2_bpe, parse_losses, prepare_in, run_script,
+                      sample_text, with_char_data)
 
 ARGS = [*TINY, "--log_interval=5", "--eval_interval=10", "--lr_decay_iters=30"]
 TOKENS_PER_ITER = 8 * 32  # batch_size x block_size of TINY
@@ -24,6 +28,14 @@ def read_metrics(folder):
         return [json.loads(line) for line in f]
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """(folder, stdout) of a finished run of 30 iterations in folder/out; tests that write work on a copy."""
+    folder = with_char_data(tmp_path_factory.mktemp("finished"))
+    return folder, train(folder, "--max_iters=30").stdout
+
+
+@pytest.mark.slow
 def test_the_eta_leaves_out_the_first_step(char_data):
     # the first step carries the first evaluation, made long here; the steps after it are short
     result = train(char_data, "--max_iters=300", "--eval_interval=1000", "--eval_iters=150", "--log_interval=10")
@@ -33,14 +45,15 @@ def test_the_eta_leaves_out_the_first_step(char_data):
     assert eta < first_step * 289 / 11 / 2
 
 
-def test_metrics_file_plot_eta_and_summary(char_data):
-    result = train(char_data, "--max_iters=30")
+@pytest.mark.slow
+def test_metrics_file_plot_eta_and_summary(finished_run):
+    char_data, stdout = finished_run
     records = read_metrics(char_data)
     steps = [r for r in records if r["kind"] == "iter"]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["iter"] for r in steps] == [0, 5, 10, 15, 20, 25]
     assert [r["iter"] for r in evals] == [0, 10, 20, 30]
-    logged_train, logged_val = parse_losses(result.stdout)
+    logged_train, logged_val = parse_losses(stdout)
     for r in steps:
         assert set(r) == {"kind", "iter", "tokens", "train_loss", "lr", "tokens_per_sec", "mfu", "elapsed"}
         assert r["tokens"] == (r["iter"] + 1) * TOKENS_PER_ITER
@@ -52,12 +65,12 @@ def test_metrics_file_plot_eta_and_summary(char_data):
     assert steps[1]["lr"] == pytest.approx(1e-3 * 6 / 6)  # warmup_iters=5: the peak at iter 5
     elapsed = [r["elapsed"] for r in records]
     assert elapsed == sorted(elapsed)
-    assert re.search(r"^iter 5: loss \d\.\d{4}, time [\d.]+ms, mfu -?[\d.]+%, eta \d+s$", result.stdout, re.M)
+    assert re.search(r"^iter 5: loss \d\.\d{4}, time [\d.]+ms, mfu -?[\d.]+%, eta \d+s$", stdout, re.M)
     # the first step's time is mostly start-up: no estimate of the time left from it alone
-    assert re.search(r"^iter 0: loss \d\.\d{4}, time [\d.]+ms, mfu -?[\d.]+%$", result.stdout, re.M)
+    assert re.search(r"^iter 0: loss \d\.\d{4}, time [\d.]+ms, mfu -?[\d.]+%$", stdout, re.M)
     best = min(evals, key=lambda r: r["val_loss"])
-    assert f"done: best val loss {best['val_loss']:.4f} at iter {best['iter']}, " in result.stdout
-    assert result.stdout.rstrip().endswith("tokens/s")
+    assert f"done: best val loss {best['val_loss']:.4f} at iter {best['iter']}, " in stdout
+    assert stdout.rstrip().endswith("tokens/s")
     png = (char_data / "out" / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
     assert struct.unpack(">II", png[16:24]) == (800, 450)
@@ -65,16 +78,21 @@ def test_metrics_file_plot_eta_and_summary(char_data):
     assert not list((char_data / "out").glob("*.tmp"))
 
 
-def test_metrics_py_redraws_the_plot_from_a_finished_run(char_data):
-    train(char_data, "--max_iters=10")
+@pytest.mark.slow
+def test_metrics_py_redraws_the_plot_from_a_finished_run(finished_run, tmp_path):
+    char_data = tmp_path
+    shutil.copytree(finished_run[0] / "out", char_data / "out")
     plot = char_data / "out" / "loss.png"
     plot.unlink()
-    result = run_script("metrics.py", "out/metrics.jsonl", cwd=char_data)
+    # python -m smallgpt.metrics, from the checkout as the README has it
+    result = subprocess.run([sys.executable, "-m", "smallgpt.metrics", str(char_data / "out" / "metrics.jsonl")],
+                            cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     png = plot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (800, 450) and len(png) > 20_000
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_metrics(char_data):
     train(char_data, "--max_iters=20")
     first = read_metrics(char_data)
@@ -87,6 +105,7 @@ def test_a_resumed_run_continues_the_metrics(char_data):
     assert [r["elapsed"] for r in records] == sorted(r["elapsed"] for r in records)  # one clock across both
 
 
+@pytest.mark.slow
 def test_resuming_an_earlier_checkpoint_drops_the_metrics_it_replaces(char_data):
     train(char_data, "--max_iters=20", "--always_save_checkpoint=False", "--eval_iters=1", "--learning_rate=0.05")
     train(char_data, "--max_iters=30", "--init_from=resume", "--eval_iters=1", "--learning_rate=0.05")
@@ -94,18 +113,22 @@ def test_resuming_an_earlier_checkpoint_drops_the_metrics_it_replaces(char_data)
     assert iters == sorted(set(iters))  # no iteration twice, whichever checkpoint was resumed
 
 
-def test_eval_only_leaves_the_metrics_alone(char_data):
-    train(char_data, "--max_iters=10")
+@pytest.mark.slow
+def test_eval_only_leaves_the_metrics_alone(finished_run, tmp_path):
+    char_data = tmp_path / "run"
+    shutil.copytree(finished_run[0], char_data)
     before = (char_data / "out" / "metrics.jsonl").read_bytes(), (char_data / "out" / "loss.png").read_bytes()
-    train(char_data, "--max_iters=10", "--init_from=resume", "--eval_only=True")
+    train(char_data, "--max_iters=30", "--init_from=resume", "--eval_only=True")
     assert ((char_data / "out" / "metrics.jsonl").read_bytes(), (char_data / "out" / "loss.png").read_bytes()) == before
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
 def test_wandb_log_without_wandb_is_a_clean_error(char_data):
     assert_clean_error(run_script("train.py", *ARGS, "--wandb_log=True", cwd=char_data), "pip install wandb")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
 def test_wandb_log_works_offline(char_data):
     result = run_script("train.py", *ARGS, "--max_iters=10", "--wandb_log=True", "--wandb_run_name=tiny", cwd=char_data,
@@ -122,17 +145,19 @@ def first_sample(folder, *args):
     return result.stdout.split("---------------\n")[0]
 
 
-def test_a_single_sample_streams_the_same_text(char_data):
-    train(char_data, "--max_iters=10")
+@pytest.mark.slow
+def test_a_single_sample_streams_the_same_text(finished_run):
+    char_data = finished_run[0]  # sampling reads out/ckpt.pt and writes nothing
     streamed = first_sample(char_data, "--num_samples=1", "--start=ROMEO:")
     assert streamed.startswith("ROMEO:") and streamed == first_sample(char_data, "--num_samples=2", "--start=ROMEO:")
 
 
+@pytest.mark.slow
 @needs_gpt2_bpe
 def test_gpt2_text_streams_whole_characters(tmp_path):
     text = sample_text(20_000) + "Ça va? Très bien, naïve café — 東京 🙂\n" * 50
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    assert run_script("prepare.py", "--input=t.txt", "--tokenizer=gpt2", "--dataset=bpe", cwd=tmp_path).returncode == 0
+    prepare_in(tmp_path, "--input=t.txt", "--tokenizer=gpt2", "--dataset=bpe")
     result = run_script("train.py", *TINY, "--dataset=bpe", "--max_iters=4", "--eval_interval=4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for seed in range(3):

@@ -165,7 +165,7 @@ def test_generate_draws_from_the_tokenizer_ids_alone_not_the_padding():
     model = tiny().eval()  # 50 ids, of which a tokenizer of 7 uses the first 7
     idx = torch.zeros(8, 1, dtype=torch.long)
     assert model.generate(idx, 30, temperature=3.0).max() >= 7
-    assert model.generate(idx, 30, temperature=3.0, n_tokens=7).max() < 7
+    assert model.generate(idx, 30, temperature=3.0, tokenizer_vocab_size=7).max() < 7
 
 
 def test_crop_block_size():
@@ -263,7 +263,7 @@ def test_kv_cache_greedy_equals_recomputing_with_every_option(prompt_len):
 
 
 def test_orthogonalize_sets_every_singular_value_near_one():
-    from muon import orthogonalize
+    from smallgpt.muon import orthogonalize
     torch.manual_seed(0)
     for shape in [(3, 32, 96), (3, 96, 32), (2, 48, 48)]:
         # a badly conditioned gradient: singular values spread over two orders of magnitude
@@ -279,7 +279,7 @@ def test_orthogonalize_sets_every_singular_value_near_one():
 
 
 def test_muon_trains_the_blocks_matrices_and_adamw_the_rest():
-    from muon import Muon
+    from smallgpt.muon import Muon
     model = tiny(bias=False)
     optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", muon_learning_rate=0.05)
     assert isinstance(optimizer, Muon)
@@ -304,7 +304,7 @@ def test_muon_trains_the_blocks_matrices_and_adamw_the_rest():
 
 
 def test_muon_orthogonalizes_same_shaped_matrices_as_if_one_at_a_time():
-    from muon import Muon, orthogonalize
+    from smallgpt.muon import Muon, orthogonalize
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)]
     grads = [torch.randn(8, 4) for _ in params]
@@ -321,7 +321,7 @@ def test_muon_orthogonalizes_same_shaped_matrices_as_if_one_at_a_time():
 
 
 def test_muon_steps_its_adamw_groups_as_torch_adamw_does():
-    from muon import Muon
+    from smallgpt.muon import Muon
     torch.manual_seed(0)
     shapes = [(6, 5), (5,), (3, 4)]
     ours = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
@@ -348,7 +348,7 @@ def test_sampling_layout_keeps_every_weight_and_the_sampled_tokens():
     idx = torch.randint(60, (2, 5))
     torch.manual_seed(3)
     expected = model.generate(idx, 10, temperature=0.8)
-    model.lay_out_for_sampling()
+    model.store_weights_transposed()
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import prepare
-import tokenizer
-from conftest import (SHAKESPEARE, assert_clean_error, needs_gpt2_bpe, needs_shakespeare, run_script,
-                      sample_text)
+from conftest import (SHAKESPEARE, assert_clean_error, needs_gpt2_bpe, needs_shakespeare, prepare_in, run_script,
+                      sample_text, user_error)
+from smallgpt import tokenizer
+from smallgpt.errors import UserError
 
 
 def read_dataset(folder):
@@ -37,9 +38,8 @@ def nanogpt_char_split(text):
 def test_char_level_matches_nanogpt_and_decodes_back(tmp_path):
     text = sample_text(5000) + "café ☃ naïve\n"
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    result = run_script("prepare.py", "--input=t.txt", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "data/t_char" in result.stdout and "python train.py --dataset=t_char" in result.stdout
+    printed = prepare_in(tmp_path, "--input=t.txt")
+    assert "data/t_char" in printed and "python train.py --dataset=t_char" in printed
     ids, meta = read_dataset(tmp_path / "data" / "t_char")
     splits = json.loads((tmp_path / "data" / "t_char" / "meta.json").read_text(encoding="utf-8"))["splits"]
     n_train = int(len(text) * 0.9)
@@ -48,7 +48,7 @@ def test_char_level_matches_nanogpt_and_decodes_back(tmp_path):
     chars, train, val = nanogpt_char_split(text)
     assert meta == {"tokenizer": "char", "vocab_size": len(chars), "chars": "".join(chars)}
     assert ids["train"].tolist() == train and ids["val"].tolist() == val
-    assert f"train has {len(train):,} tokens" in result.stdout
+    assert f"train has {len(train):,} tokens" in printed
     encode, decode = tokenizer.make_codec(meta)
     assert decode(ids["train"].tolist() + ids["val"].tolist()) == text
     assert encode("café") == [chars.index(c) for c in "café"]
@@ -89,8 +89,7 @@ def test_gpt2_tokenizer(tmp_path):
     enc = tiktoken.get_encoding("gpt2")
     text = sample_text(20_000)
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    result = run_script("prepare.py", "--input=t.txt", "--tokenizer=gpt2", "--val_fraction=0.2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    prepare_in(tmp_path, "--input=t.txt", "--tokenizer=gpt2", "--val_fraction=0.2")
     ids, meta = read_dataset(tmp_path / "data" / "t")
     assert meta == {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}
     n_train = int(len(text) * 0.8)
@@ -105,9 +104,8 @@ def test_tiny_shakespeare_char_counts(tmp_path):
     folder = tmp_path / "data" / "shakespeare_char"
     folder.mkdir(parents=True)
     (folder / "input.txt").write_bytes(SHAKESPEARE.read_bytes())  # present: no download
-    result = run_script("prepare.py", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "train has 1,003,854 tokens" in result.stdout and "val has 111,540 tokens" in result.stdout
+    printed = prepare_in(tmp_path)
+    assert "train has 1,003,854 tokens" in printed and "val has 111,540 tokens" in printed
     ids, meta = read_dataset(folder)
     assert meta["vocab_size"] == 65 and len(ids["train"]) == 1_003_854 and len(ids["val"]) == 111_540
 
@@ -115,10 +113,8 @@ def test_tiny_shakespeare_char_counts(tmp_path):
 @needs_shakespeare
 @needs_gpt2_bpe
 def test_tiny_shakespeare_gpt2_counts(tmp_path):
-    result = run_script("prepare.py", f"--input={SHAKESPEARE}", "--tokenizer=gpt2", "--dataset=shakespeare",
-                        cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "train has 301,966 tokens" in result.stdout and "val has 36,059 tokens" in result.stdout
+    printed = prepare_in(tmp_path, f"--input={SHAKESPEARE}", "--tokenizer=gpt2", "--dataset=shakespeare")
+    assert "train has 301,966 tokens" in printed and "val has 36,059 tokens" in printed
 
 
 @pytest.fixture
@@ -138,8 +134,7 @@ def http_server(tmp_path):
 def test_download_from_a_url(tmp_path, http_server):
     text = sample_text(8000)
     (tmp_path / "www" / "book.txt").write_text(text, encoding="utf-8")
-    result = run_script("prepare.py", f"--input={http_server}/book.txt", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    prepare_in(tmp_path, f"--input={http_server}/book.txt")
     folder = tmp_path / "data" / "book_char"
     assert (folder / "input.txt").read_text(encoding="utf-8") == text
     assert not list(folder.glob("*.part"))
@@ -148,8 +143,8 @@ def test_download_from_a_url(tmp_path, http_server):
 
 
 def test_missing_url_is_a_clean_error(tmp_path, http_server):
-    result = run_script("prepare.py", f"--input={http_server}/missing.txt", "--dataset=web", cwd=tmp_path)
-    assert_clean_error(result, "could not download", "HTTP 404")
+    user_error(lambda: prepare_in(tmp_path, f"--input={http_server}/missing.txt", "--dataset=web"),
+               "could not download", "HTTP 404")
     assert not (tmp_path / "data" / "web" / "input.txt").exists()
 
 
@@ -158,8 +153,8 @@ def test_unreachable_url_is_a_clean_error(tmp_path):
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = run_script("prepare.py", f"--input=http://127.0.0.1:{port}/input.txt", cwd=tmp_path)
-    assert_clean_error(result, "could not download", "refused")
+    user_error(lambda: prepare_in(tmp_path, f"--input=http://127.0.0.1:{port}/input.txt"), "could not download",
+               "refused")
 
 
 @pytest.mark.parametrize("content, args, fragments", [
@@ -179,16 +174,14 @@ def test_bad_input_is_a_clean_error_and_keeps_existing_files(tmp_path, content, 
         (folder / name).write_bytes(data)
     if content is not None:
         (tmp_path / "t.txt").write_bytes(content)
-    result = run_script("prepare.py", *args, "--dataset=t_char", cwd=tmp_path)
-    assert_clean_error(result, *fragments)
+    user_error(lambda: prepare_in(tmp_path, *args, "--dataset=t_char"), *fragments)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == old
 
 
 def test_vocabulary_beyond_uint16_is_refused(tmp_path):
     text = "".join(chr(0x10000 + i) for i in range(70_000))
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    result = run_script("prepare.py", "--input=t.txt", cwd=tmp_path)
-    assert_clean_error(result, "70000 distinct characters", "--tokenizer=gpt2")
+    user_error(lambda: prepare_in(tmp_path, "--input=t.txt"), "70000 distinct characters", "--tokenizer=gpt2")
     assert not list((tmp_path / "data" / "t_char").glob("*.bin*"))
 
 
@@ -212,6 +205,7 @@ def split_every_fifth(documents, encode):
 
 
 @needs_gpt2_bpe
+@pytest.mark.slow
 def test_jsonl_parquet_and_hf_documents_give_the_same_gpt2_tokens(tmp_path, monkeypatch):
     pq = pytest.importorskip("pyarrow.parquet")
     pytest.importorskip("datasets")
@@ -224,9 +218,8 @@ def test_jsonl_parquet_and_hf_documents_give_the_same_gpt2_tokens(tmp_path, monk
     write_jsonl(tmp_path / "hub_docs" / "part-0.jsonl", DOCUMENTS)
     pq.write_table(pa.table({"id": range(len(DOCUMENTS)), "text": DOCUMENTS}), tmp_path / "docs.parquet")
 
-    result = run_script("prepare.py", "--input=docs.jsonl", "--tokenizer=gpt2", "--val_fraction=0.2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert f"train has {len(train):,} tokens" in result.stdout and "--dataset=docs" in result.stdout
+    printed = prepare_in(tmp_path, "--input=docs.jsonl", "--tokenizer=gpt2", "--val_fraction=0.2")
+    assert f"train has {len(train):,} tokens" in printed and "--dataset=docs" in printed
     result = run_script("prepare.py", "--input=hf:hub_docs", "--tokenizer=gpt2", "--val_fraction=0.2", cwd=tmp_path,
                         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 0, result.stderr
@@ -234,14 +227,13 @@ def test_jsonl_parquet_and_hf_documents_give_the_same_gpt2_tokens(tmp_path, monk
     prepare.prepare(str(tmp_path / "docs.parquet"), str(tmp_path / "data" / "parquet"), "gpt2", 0.2)
     for name in ("docs", "hub_docs", "parquet"):
         ids, meta = read_dataset(tmp_path / "data" / name)
-        assert meta == tokenizer.GPT2_META
+        assert meta == tokenizer.GPT2_SPEC
         assert ids["train"].tolist() == train and ids["val"].tolist() == val, name
 
 
 def test_char_documents_from_a_url_end_with_a_newline(tmp_path, http_server):
     write_jsonl(tmp_path / "www" / "docs.jsonl", DOCUMENTS)
-    result = run_script("prepare.py", f"--input={http_server}/docs.jsonl", "--val_fraction=0.2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    prepare_in(tmp_path, f"--input={http_server}/docs.jsonl", "--val_fraction=0.2")
     folder = tmp_path / "data" / "docs_char"
     assert (folder / "input.jsonl").read_bytes() == (tmp_path / "www" / "docs.jsonl").read_bytes()
     ids, meta = read_dataset(folder)
@@ -273,10 +265,11 @@ def test_bad_documents_are_clean_errors_and_keep_existing_files(tmp_path, name, 
     if name.endswith(".parquet"):
         pytest.importorskip("pyarrow")
     write(tmp_path / name)
-    assert_clean_error(run_script("prepare.py", f"--input={name}", "--dataset=d_char", cwd=tmp_path), *fragments)
+    user_error(lambda: prepare_in(tmp_path, f"--input={name}", "--dataset=d_char"), *fragments)
     assert [p.name for p in folder.iterdir()] == ["meta.json"] and (folder / "meta.json").read_text() == "old"
 
 
+@pytest.mark.slow
 def test_a_hugging_face_dataset_that_cannot_be_read_is_a_clean_error(tmp_path):
     pytest.importorskip("datasets")
     result = run_script("prepare.py", "--input=hf:nobody/nothing", "--tokenizer=gpt2", cwd=tmp_path,
@@ -293,5 +286,5 @@ def test_missing_packages_for_documents_say_how_to_install_them(tmp_path, monkey
     monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
     (tmp_path / "d.parquet").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=re.escape(fragment)):
+    with pytest.raises(UserError, match=re.escape(fragment)):
         prepare.prepare(input, str(tmp_path / "out"), "char", 0.1)

@@ -5,16 +5,16 @@ import shutil
 import pytest
 import torch
 
-from conftest import RunsCode, TINY, assert_clean_error, run_ok, run_script
+from conftest import RunsCode, TINY, assert_clean_error, inside, run_ok, run_script, user_error, with_char_data
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.configurator import configure
+from smallgpt.files import read_text
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A folder with a tiny model trained on char data in out/, and the data folder moved away."""
-    from conftest import sample_text
-    folder = tmp_path_factory.mktemp("trained")
-    (folder / "text.txt").write_text(sample_text(), encoding="utf-8")
-    assert run_script("prepare.py", "--input=text.txt", "--dataset=shakespeare_char", cwd=folder).returncode == 0
+    folder = with_char_data(tmp_path_factory.mktemp("trained"))
     result = run_script("train.py", *TINY, "--max_iters=30", "--eval_interval=30", cwd=folder)
     assert result.returncode == 0, result.stderr
     shutil.rmtree(folder / "data")  # sample.py needs out_dir alone
@@ -25,6 +25,7 @@ def sample(folder, *args):
     return run_ok("sample.py", "--device=cpu", *args, cwd=folder)
 
 
+@pytest.mark.slow
 def test_samples_start_with_the_prompt_and_end_with_separators(trained):
     out = sample(trained, "--start=ROMEO:", "--num_samples=3", "--max_new_tokens=50")
     samples = out.split("---------------\n")
@@ -33,12 +34,14 @@ def test_samples_start_with_the_prompt_and_end_with_separators(trained):
         assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 50 + 1  # + print's newline
 
 
+@pytest.mark.slow
 def test_same_seed_same_text_other_seed_other_text(trained):
     args = ["--start=ROMEO:", "--num_samples=1", "--max_new_tokens=100"]
     assert sample(trained, *args) == sample(trained, *args)
     assert sample(trained, *args, "--seed=1") != sample(trained, *args)
 
 
+@pytest.mark.slow
 def test_prompt_from_a_file_and_sampling_options(trained):
     (trained / "prompt.txt").write_text("JULIET:\nO", encoding="utf-8")
     out = sample(trained, "--start=FILE:prompt.txt", "--num_samples=1", "--max_new_tokens=20", "--top_p=0.9",
@@ -49,36 +52,48 @@ def test_prompt_from_a_file_and_sampling_options(trained):
     assert first == second  # top_k=1 is greedy: nothing left to chance
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fragments", [
     (["--start=ROMEO: ~ä"], ["characters not in the vocabulary", "~ä"]),
-    (["--start=FILE:nowhere.txt"], ["prompt file 'nowhere.txt' not found"]),
     (["--start="], ["the prompt is empty"]),
-    (["--out_dir=empty"], ["no checkpoint at empty/ckpt.pt"]),
-    (["--max_new_tokens=-5"], ["max_new_tokens must be 0 or more"]),
-    (["--temperature=0"], ["temperature must be above 0"]),
-    (["--top_p=0"], ["top_p must be in (0, 1]"]),
-    (["--num_sample=3"], ["unknown key 'num_sample'", "did you mean 'num_samples'"]),
-    (["--device=cuda"], ["device 'cuda' is not available"]),
     (["--init_from=gpt9"], ["unknown init_from 'gpt9'"]),
 ])
 def test_bad_input_is_a_clean_error(trained, args, fragments):
     assert_clean_error(run_script("sample.py", "--device=cpu", *args, cwd=trained), *fragments)
 
 
+# sample.py's own settings, as configure sees them
+SETTINGS = dict(num_samples=10, max_new_tokens=500, temperature=0.8, top_p=1.0)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--max_new_tokens=-5"], ["max_new_tokens must be 0 or more"]),
+    (["--temperature=0"], ["temperature must be above 0"]),
+    (["--top_p=0"], ["top_p must be in (0, 1]"]),
+    (["--num_sample=3"], ["unknown key 'num_sample'", "did you mean 'num_samples'"]),
+])
+def test_bad_settings_are_refused(args, fragments):
+    user_error(lambda: configure(SETTINGS, args), *fragments)
+
+
+def test_missing_prompt_files_and_checkpoints_are_refused(tmp_path):
+    with inside(tmp_path):
+        user_error(lambda: read_text("nowhere.txt", "prompt file"), "prompt file 'nowhere.txt' not found")
+        user_error(lambda: load_checkpoint("empty/ckpt.pt"), "no checkpoint at empty/ckpt.pt")
+
+
 def test_corrupted_checkpoint_is_a_clean_error(tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "ckpt.pt").write_bytes(b"\x80\x02not really a checkpoint")
-    assert_clean_error(run_script("sample.py", "--device=cpu", cwd=tmp_path), "not a readable checkpoint")
+    (tmp_path / "ckpt.pt").write_bytes(b"\x80\x02not really a checkpoint")
+    user_error(lambda: load_checkpoint(str(tmp_path / "ckpt.pt")), "not a readable checkpoint")
 
 
 def test_a_checkpoint_that_runs_code_is_never_unpickled(tmp_path):
-    (tmp_path / "out").mkdir()
-    torch.save({"model": RunsCode(), "model_args": {}, "tokenizer": {}}, tmp_path / "out" / "ckpt.pt")
-    assert_clean_error(run_script("sample.py", "--device=cpu", cwd=tmp_path), "not a readable checkpoint")
+    torch.save({"model": RunsCode(), "model_args": {}, "tokenizer": {}}, tmp_path / "ckpt.pt")
+    with inside(tmp_path):
+        user_error(lambda: load_checkpoint("ckpt.pt"), "not a readable checkpoint")
     assert not (tmp_path / "pwned").exists()
 
 
 def test_a_foreign_checkpoint_is_a_clean_error(tmp_path):
-    (tmp_path / "out").mkdir()
-    torch.save({"model": {}}, tmp_path / "out" / "ckpt.pt")
-    assert_clean_error(run_script("sample.py", "--device=cpu", cwd=tmp_path), "not written by this train.py")
+    torch.save({"model": {}}, tmp_path / "ckpt.pt")
+    user_error(lambda: load_checkpoint(str(tmp_path / "ckpt.pt")), "not written by this train.py")

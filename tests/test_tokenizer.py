@@ -10,16 +10,16 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY, assert_clean_error, run_script, sample_text
-from tokenizer import bpe_pieces, make_codec, tokenizer_problem
+from conftest import TINY, assert_clean_error, inside, prepare_in, run_script, sample_text, user_error
+from smallgpt.dataset import open_dataset
+from smallgpt.tokenizer import bpe_pieces, make_codec, tokenizer_problem
 
 WORLD = "Ça va? Naïve café, Øresund — 東京は晴れ、雨のち雪。 🌸👩‍👩‍👧 ROMEO:\n\n\tend <|endoftext|> ok"
 
 
 def prepare_bpe(cwd, text, *args, vocab_size=300):
     (cwd / "t.txt").write_text(text, encoding="utf-8")
-    result = run_script("prepare.py", "--input=t.txt", "--tokenizer=bpe", f"--vocab_size={vocab_size}", *args, cwd=cwd)
-    assert result.returncode == 0, result.stderr
+    prepare_in(cwd, "--input=t.txt", "--tokenizer=bpe", f"--vocab_size={vocab_size}", *args)
     return json.loads((cwd / "data" / "t_bpe" / "meta.json").read_text(encoding="utf-8"))
 
 
@@ -67,8 +67,7 @@ def test_a_text_in_every_script_prepares_and_decodes_exactly(tmp_path):
 def test_documents_end_with_the_end_of_text_token(tmp_path):
     documents = [f"Document {i}: naïve café ☃ " + "hello world, " * (i % 4) for i in range(30)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in documents), encoding="utf-8")
-    result = run_script("prepare.py", "--input=d.jsonl", "--tokenizer=bpe", "--vocab_size=280", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    prepare_in(tmp_path, "--input=d.jsonl", "--tokenizer=bpe", "--vocab_size=280")
     meta = json.loads((tmp_path / "data" / "d_bpe" / "meta.json").read_text(encoding="utf-8"))
     _, decode = make_codec(meta)
     ids = {split: np.fromfile(tmp_path / "data" / "d_bpe" / f"{split}.bin", dtype=np.uint16).tolist()
@@ -83,9 +82,10 @@ def eval_record(cwd):
     return [r for r in records if r["kind"] == "eval"][-1]
 
 
+@pytest.mark.slow
 def test_bits_per_byte_of_a_char_model_of_ascii_text_is_its_loss_in_bits(tmp_path):
     (tmp_path / "t.txt").write_text(sample_text(20_000), encoding="utf-8")
-    assert run_script("prepare.py", "--input=t.txt", cwd=tmp_path).returncode == 0
+    prepare_in(tmp_path, "--input=t.txt")
     result = run_script("train.py", *TINY, "--dataset=t_char", "--max_iters=10", "--eval_interval=10", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     record = eval_record(tmp_path)
@@ -95,10 +95,19 @@ def test_bits_per_byte_of_a_char_model_of_ascii_text_is_its_loss_in_bits(tmp_pat
     assert line.endswith(f"val loss {record['val_loss']:.4f}, val bpb {record['val_bpb']:.3f}")
 
 
-def test_bits_per_byte_of_a_bpe_model_counts_the_bytes_of_its_tokens(bpe_data, tmp_path):
-    shutil.copytree(bpe_data / "data", tmp_path / "data")
-    result = run_script("train.py", *TINY, "--dataset=t_bpe", "--max_iters=10", "--eval_interval=10", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def bpe_trained(bpe_data, tmp_path_factory):
+    """bpe_data's data/t_bpe, and in out/ a tiny model trained on it for 20 steps."""
+    folder = tmp_path_factory.mktemp("bpe-trained")
+    shutil.copytree(bpe_data / "data", folder / "data")
+    result = run_script("train.py", *TINY, "--dataset=t_bpe", "--max_iters=20", "--eval_interval=20", cwd=folder)
     assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.mark.slow
+def test_bits_per_byte_of_a_bpe_model_counts_the_bytes_of_its_tokens(bpe_trained):
+    tmp_path = bpe_trained
     record = eval_record(tmp_path)
     text = sample_text()
     n_train = int(len(text) * 0.9)
@@ -108,11 +117,9 @@ def test_bits_per_byte_of_a_bpe_model_counts_the_bytes_of_its_tokens(bpe_data, t
         assert record[f"{split}_bpb"] == pytest.approx(record[f"{split}_loss"] / math.log(2) * tokens_per_byte)
 
 
-def test_sampling_needs_only_out_dir_and_encodes_any_prompt(bpe_data, tmp_path):
-    shutil.copytree(bpe_data / "data", tmp_path / "data")
-    result = run_script("train.py", *TINY, "--dataset=t_bpe", "--max_iters=20", "--eval_interval=20", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    shutil.rmtree(tmp_path / "data")
+@pytest.mark.slow
+def test_sampling_needs_only_out_dir_and_encodes_any_prompt(bpe_trained, tmp_path):
+    shutil.copytree(bpe_trained / "out", tmp_path / "out")  # and no data folder
     prompt = "ROMEO: 東京 🌸 naïve"  # characters the training text never had: byte tokens
     for n in (1, 2):  # one sample streams as it is generated, several are printed whole
         result = run_script("sample.py", f"--start={prompt}", f"--num_samples={n}", "--max_new_tokens=30",
@@ -122,10 +129,11 @@ def test_sampling_needs_only_out_dir_and_encodes_any_prompt(bpe_data, tmp_path):
         assert len(samples) == n + 1 and all(sample.startswith(prompt) for sample in samples[:n])
 
 
-def test_export_writes_the_tokenizer_that_transformers_loads(bpe_data, tmp_path):
+@pytest.mark.slow
+def test_export_writes_the_tokenizer_that_transformers_loads(bpe_trained, tmp_path):
     transformers = pytest.importorskip("transformers")
-    shutil.copytree(bpe_data / "data", tmp_path / "data")
-    assert run_script("train.py", *TINY, "--dataset=t_bpe", "--max_iters=2", cwd=tmp_path).returncode == 0
+    tmp_path = tmp_path / "run"
+    shutil.copytree(bpe_trained, tmp_path)
     result = run_script("export.py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "its BPE of 300 tokens" in result.stdout
@@ -152,15 +160,14 @@ def test_bad_vocabularies_are_clean_errors_and_keep_existing_files(tmp_path, arg
     for name, data in old.items():
         (folder / name).write_bytes(data)
     (tmp_path / "t.txt").write_text("to be or not to be, that is the question\n" * 50, encoding="utf-8")
-    result = run_script("prepare.py", "--input=t.txt", "--tokenizer=bpe", *args, cwd=tmp_path)
-    assert_clean_error(result, *fragments)
+    user_error(lambda: prepare_in(tmp_path, "--input=t.txt", "--tokenizer=bpe", *args), *fragments)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == old
 
 
 def test_the_merges_a_short_text_allows_are_named_and_work(tmp_path):
     (tmp_path / "t.txt").write_text("to be or not to be, that is the question\n" * 50, encoding="utf-8")
-    result = run_script("prepare.py", "--input=t.txt", "--tokenizer=bpe", "--vocab_size=2000", cwd=tmp_path)
-    most = int(result.stderr.split("use --vocab_size=")[1].split()[0])
+    message = user_error(lambda: prepare_in(tmp_path, "--input=t.txt", "--tokenizer=bpe", "--vocab_size=2000"))
+    most = int(message.split("use --vocab_size=")[1].split()[0])
     meta = prepare_bpe(tmp_path, "to be or not to be, that is the question\n" * 50, vocab_size=most)
     assert meta["vocab_size"] == most and len(meta["merges"]) == most - 257
 
@@ -176,13 +183,15 @@ def test_a_damaged_bpe_is_a_clean_error(bpe_data, tmp_path, damage, fragments):
     meta = json.loads(path.read_text(encoding="utf-8"))
     damage(meta)
     path.write_text(json.dumps(meta), encoding="utf-8")
-    assert_clean_error(run_script("train.py", *TINY, "--dataset=t_bpe", cwd=tmp_path), *fragments)
+    with inside(tmp_path):
+        user_error(lambda: open_dataset("t_bpe", block_size=32), *fragments)
 
 
+@pytest.mark.slow
 def test_resuming_on_a_dataset_of_another_tokenizer_is_refused(bpe_data, tmp_path):
     shutil.copytree(bpe_data / "data", tmp_path / "data")
     (tmp_path / "t.txt").write_text(sample_text(), encoding="utf-8")
-    assert run_script("prepare.py", "--input=t.txt", cwd=tmp_path).returncode == 0
+    prepare_in(tmp_path, "--input=t.txt")
     assert run_script("train.py", *TINY, "--dataset=t_char", "--max_iters=2", cwd=tmp_path).returncode == 0
     before = (tmp_path / "out" / "ckpt.pt").read_bytes()
     result = run_script("train.py", *TINY, "--dataset=t_bpe", "--init_from=resume", "--max_iters=4", cwd=tmp_path)

@@ -5,7 +5,11 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_clean_error, parse_losses, run_script
+from conftest import ROOT, TINY, assert_clean_error, inside, parse_losses, run_script, user_error, with_char_data
+from smallgpt.checkpoint import read_for_resuming
+from smallgpt.configurator import configure
+from smallgpt.dataset import open_dataset
+from smallgpt.devices import resolve_device
 
 
 def train(cwd, *args):
@@ -14,6 +18,15 @@ def train(cwd, *args):
     return result
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A folder with data/shakespeare_char and, in out/, a tiny model trained on it for 2 steps."""
+    folder = with_char_data(tmp_path_factory.mktemp("trained"))
+    train(folder, "--max_iters=2", "--eval_interval=2")
+    return folder
+
+
+@pytest.mark.slow
 def test_loss_falls_and_the_checkpoint_is_self_contained(char_data):
     result = train(char_data, "--max_iters=60", "--eval_interval=20", "--log_interval=10")
     train_losses, val_losses = parse_losses(result.stdout)
@@ -31,6 +44,7 @@ def test_loss_falls_and_the_checkpoint_is_self_contained(char_data):
     assert not list((char_data / "out").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_losses_and_another_seed_does_not(char_data):
     args = ["--max_iters=20", "--eval_interval=10", "--log_interval=1", "--dropout=0.1"]
     first, second = parse_losses(train(char_data, *args).stdout), parse_losses(train(char_data, *args).stdout)
@@ -38,6 +52,7 @@ def test_same_seed_gives_the_same_losses_and_another_seed_does_not(char_data):
     assert parse_losses(train(char_data, *args, "--seed=7").stdout)[0] != first[0]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(char_data):
     args = ["--max_iters=30", "--lr_decay_iters=30", "--eval_interval=15", "--log_interval=1", "--dropout=0.1"]
     straight = parse_losses(train(char_data, *args, "--out_dir=straight").stdout)
@@ -50,6 +65,7 @@ def test_resume_continues_exactly(char_data):
     assert resumed_losses[1][30] == straight[1][30]
 
 
+@pytest.mark.slow
 def test_the_cpu_recipe_trains_and_resumes_exactly(char_data):
     """config/shakespeare_char_cpu.py, shortened: Muon, rotary embeddings and QK-norm, saved and resumed exactly."""
     args = [ROOT / "config" / "shakespeare_char_cpu.py", "--max_iters=20", "--lr_decay_iters=20", "--eval_interval=10",
@@ -71,6 +87,7 @@ def test_the_cpu_recipe_trains_and_resumes_exactly(char_data):
     assert all(resumed[0][i] == straight[0][i] for i in range(10, 20)) and resumed[1][20] == straight[1][20]
 
 
+@pytest.mark.slow
 def test_a_resume_applies_the_optimizer_settings_it_reports_as_changed(char_data):
     train(char_data, "--max_iters=4", "--eval_interval=4", "--muon_learning_rate=0.02")
     result = train(char_data, "--max_iters=6", "--eval_interval=2", "--init_from=resume", "--muon_learning_rate=0.04",
@@ -85,6 +102,7 @@ def test_a_resume_applies_the_optimizer_settings_it_reports_as_changed(char_data
                        "muon_learning_rate 0.04 -> 0.0 would switch between AdamW and Muon")
 
 
+@pytest.mark.slow
 def test_a_warmup_as_long_as_the_decay_horizon_then_trains_at_min_lr(char_data):
     train(char_data, "--max_iters=4", "--eval_interval=4", "--log_interval=1", "--warmup_iters=2", "--lr_decay_iters=2")
     records = [json.loads(line) for line in open(char_data / "out" / "metrics.jsonl", encoding="utf-8")]
@@ -92,6 +110,7 @@ def test_a_warmup_as_long_as_the_decay_horizon_then_trains_at_min_lr(char_data):
     assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-4, 1e-4])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_a_bigger_batch(char_data):
     """The global batch is drawn as one: 2 micro-batches of 8 are the same sequences as 1 of 16."""
     common = ["--max_iters=10", "--eval_interval=10", "--log_interval=1"]
@@ -101,6 +120,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(char_data):
         assert accumulated[0][it] == pytest.approx(whole[0][it], abs=2e-4)
 
 
+@pytest.mark.slow
 def test_eval_only_writes_nothing(char_data):
     result = train(char_data, "--eval_only=True")
     assert "step 0: train loss" in result.stdout and not parse_losses(result.stdout)[0]
@@ -114,6 +134,7 @@ def test_eval_only_writes_nothing(char_data):
     assert (char_data / "out" / "ckpt.pt").read_bytes() == saved
 
 
+@pytest.mark.slow
 def test_eval_at_start_false_skips_the_first_evaluation_alone(char_data):
     common = ["--max_iters=6", "--eval_interval=3", "--log_interval=1"]
     default = parse_losses(train(char_data, *common).stdout)
@@ -122,6 +143,7 @@ def test_eval_at_start_false_skips_the_first_evaluation_alone(char_data):
     assert skipped[0] == default[0] and skipped[1][6] == default[1][6]  # the same training, bit for bit
 
 
+@pytest.mark.slow
 def test_the_shakespeare_config_file_works_with_nanogpt_cpu_flags(char_data):
     result = run_script("train.py", ROOT / "config" / "shakespeare_char.py",
                         "--device=cpu", "--compile=False", "--eval_iters=2", "--log_interval=1", "--block_size=64",
@@ -136,24 +158,43 @@ def corrupt_checkpoint(folder):
     (folder / "out" / "ckpt.pt").write_bytes(b"PK\x03\x04 truncated")
 
 
+# train.py's own settings, as configure sees them
+SETTINGS = dict(batch_size=12, learning_rate=1e-3, dtype="auto", activation="gelu", attn_scale=1.0)
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--batchsize=4"], ["unknown key 'batchsize'", "did you mean 'batch_size'"]),
     (["--batch_size=big"], ["batch_size must be int"]),
     (["--learning_rate=fast"], ["learning_rate must be float"]),
     (["missing_config.py"], ["config file 'missing_config.py' not found"]),
-    (["--dataset=novel"], ["dataset 'novel' is not prepared", "python prepare.py --input=YOUR_TEXT --dataset=novel"]),
-    (["--init_from=resume"], ["no checkpoint at out/ckpt.pt"]),
+    (["--dtype=fp8"], ["unknown dtype 'fp8'"]),
+    (["--activation=swish"], ["unknown activation 'swish': use gelu_tanh, gelu"]),
+    (["--attn_scale=0"], ["attn_scale must be above 0, got 0"]),
+])
+def test_bad_settings_are_refused(tmp_path, args, fragments):
+    with inside(tmp_path):
+        user_error(lambda: configure(SETTINGS, args), *fragments)
+
+
+def test_bad_data_devices_and_checkpoints_are_refused(char_data):
+    with inside(char_data):
+        user_error(lambda: open_dataset("novel", block_size=32),
+                   "dataset 'novel' is not prepared", "python prepare.py --input=YOUR_TEXT --dataset=novel")
+        user_error(lambda: open_dataset("shakespeare_char", block_size=5000),
+                   "block_size=5000 is too long", "val.bin", "4000 tokens")
+        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}, "cpu"),
+                   "cannot resume: no checkpoint at out/ckpt.pt")
+    user_error(lambda: resolve_device("cuda"), "device 'cuda' is not available")
+    user_error(lambda: resolve_device("tpu"), "unknown device 'tpu'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, fragments", [
     (["--init_from=gpt3"], ["unknown init_from 'gpt3'"]),
     (["--n_embd=30", "--n_head=4"], ["n_embd (30) must be divisible by n_head (4)"]),
-    (["--device=cuda"], ["device 'cuda' is not available"]),
-    (["--device=tpu"], ["unknown device 'tpu'"]),
-    (["--dtype=fp8"], ["unknown dtype 'fp8'"]),
-    (["--block_size=5000"], ["block_size=5000 is too long", "val.bin", "4000 tokens"]),
     (["--compile=maybe"], ["compile must be True or False"]),
-    (["--activation=swish"], ["unknown activation 'swish': use gelu_tanh, gelu"]),
     (["--rotary=True", "--n_embd=30", "--n_head=2"], ["the head size n_embd // n_head (15) must be even"]),
     (["--fsdp=True", "--muon_learning_rate=0.02"], ["fsdp=True cannot train with Muon"]),
-    (["--attn_scale=0"], ["attn_scale must be above 0, got 0"]),
 ])
 def test_bad_settings_are_clean_errors(char_data, args, fragments):
     result = run_script("train.py", *TINY, "--max_iters=2", *args, cwd=char_data)
@@ -161,25 +202,38 @@ def test_bad_settings_are_clean_errors(char_data, args, fragments):
 
 
 def test_unprepared_default_dataset_names_the_prepare_command(tmp_path):
-    assert_clean_error(run_script("train.py", cwd=tmp_path), "python prepare.py")
+    with inside(tmp_path):
+        user_error(lambda: open_dataset("shakespeare_char", block_size=64), "make it with: python prepare.py")
 
 
-def test_corrupted_checkpoint_is_a_clean_error_and_stays(char_data):
-    corrupt_checkpoint(char_data)
-    result = run_script("train.py", *TINY, "--init_from=resume", cwd=char_data)
-    assert_clean_error(result, "not a readable checkpoint", "truncated or corrupted")
-    assert (char_data / "out" / "ckpt.pt").read_bytes() == b"PK\x03\x04 truncated"
+def test_corrupted_checkpoint_is_a_clean_error_and_stays(tmp_path):
+    corrupt_checkpoint(tmp_path)
+    with inside(tmp_path):
+        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}, "cpu"), "cannot resume: ",
+                   "not a readable checkpoint", "truncated or corrupted")
+    assert (tmp_path / "out" / "ckpt.pt").read_bytes() == b"PK\x03\x04 truncated"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, fragment", [("--n_layer=3", "n_layer=2 (asked 3)"),
                                               ("--activation=gelu_tanh", "activation='gelu' (asked 'gelu_tanh')"),
                                               ("--rotary=True", "rotary=False (asked True)")])
-def test_resuming_with_another_model_is_refused(char_data, change, fragment):
-    train(char_data, "--max_iters=2", "--eval_interval=2")
-    result = run_script("train.py", *TINY, change, "--init_from=resume", cwd=char_data)
-    assert_clean_error(result, "model differs", fragment)
+def test_resuming_with_another_model_is_refused(trained, change, fragment):
+    key, _, value = change[2:].partition("=")
+    checkpoint = torch.load(trained / "out" / "ckpt.pt", weights_only=True)
+    model_args = {**checkpoint["model_args"], key: configure(checkpoint["model_args"], [change])[key]}
+    with inside(trained):
+        user_error(lambda: read_for_resuming("out/ckpt.pt", model_args, checkpoint["config"], checkpoint["tokenizer"],
+                                             "cpu"), "cannot resume: the checkpoint's model differs", fragment)
 
 
+@pytest.mark.slow
+def test_train_py_refuses_to_resume_another_model(trained):
+    assert_clean_error(run_script("train.py", *TINY, "--n_layer=3", "--init_from=resume", cwd=trained),
+                       "cannot resume: the checkpoint's model differs: n_layer=2 (asked 3)")
+
+
+@pytest.mark.slow
 def test_a_checkpoint_from_before_the_architecture_options_resumes_as_gpt2(char_data):
     """
     Older checkpoints have no activation, rotary, ... in model_args: they were GPT-2's tanh GELU and nothing else.
@@ -198,8 +252,8 @@ def test_a_checkpoint_from_before_the_architecture_options_resumes_as_gpt2(char_
     assert "resuming from out/ckpt.pt at iter 2; changed: max_iters 2 -> 4\n" in result.stdout
 
 
-def test_resuming_from_a_foreign_checkpoint_is_refused(char_data):
-    (char_data / "out").mkdir()
-    torch.save({"model": {}, "iter_num": 3}, char_data / "out" / "ckpt.pt")
-    assert_clean_error(run_script("train.py", *TINY, "--init_from=resume", cwd=char_data),
-                       "not written by this train.py")
+def test_resuming_from_a_foreign_checkpoint_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    torch.save({"model": {}, "iter_num": 3}, tmp_path / "out" / "ckpt.pt")
+    with inside(tmp_path):
+        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}, "cpu"), "not written by this train.py")

@@ -15,7 +15,8 @@ import urllib.parse
 
 from tqdm import tqdm
 
-from configurator import fail, open_file
+from smallgpt.errors import UserError
+from smallgpt.files import open_file
 
 DOCUMENT_SUFFIXES = (".jsonl", ".parquet")  # files of documents, as opposed to one text
 
@@ -48,11 +49,12 @@ def jsonl_documents(path):
             try:
                 record = json.loads(line)
             except ValueError as e:  # not JSON, or not UTF-8
-                fail(f"{path} line {line_number} is not a JSON object ({type(e).__name__}): "
-                     f"a .jsonl file has one JSON object per line")
+                raise UserError(f"{path} line {line_number} is not a JSON object ({type(e).__name__}): "
+                                f"a .jsonl file has one JSON object per line") from None
             text = record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str):
-                fail(f"{path} line {line_number} has no \"text\" string: each line must be like {{\"text\": \"...\"}}")
+                raise UserError(f"{path} line {line_number} has no \"text\" string: "
+                                f"each line must be like {{\"text\": \"...\"}}")
             yield text
 
 
@@ -60,19 +62,19 @@ def parquet_documents(path):
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        fail("reading .parquet files needs pyarrow: pip install pyarrow")
+        raise UserError("reading .parquet files needs pyarrow: pip install pyarrow")
     try:
         parquet = pq.ParquetFile(path)
     except Exception as e:  # pyarrow's errors for a file that is not Parquet, or is damaged
-        fail(f"{path} is not a readable Parquet file ({type(e).__name__})")
+        raise UserError(f"{path} is not a readable Parquet file ({type(e).__name__})")
     if "text" not in parquet.schema_arrow.names:
-        fail(f"{path} has no \"text\" column (its columns: {', '.join(parquet.schema_arrow.names)})")
+        raise UserError(f"{path} has no \"text\" column (its columns: {', '.join(parquet.schema_arrow.names)})")
     row = 0
     with tqdm(total=parquet.metadata.num_rows, unit=" documents", desc="reading", disable=None) as bar:
         for batch in parquet.iter_batches(batch_size=1024, columns=["text"]):
             for text in batch.column(0).to_pylist():
                 if not isinstance(text, str):
-                    fail(f"{path} row {row} has a \"text\" of {text!r}, not a string")
+                    raise UserError(f"{path} row {row} has a \"text\" of {text!r}, not a string")
                 row += 1
                 yield text
             bar.update(batch.num_rows)
@@ -84,16 +86,18 @@ def hf_documents(source):
     try:
         import datasets
     except ImportError:
-        fail(f"--input={source} needs the datasets package: pip install datasets")
+        raise UserError(f"--input={source} needs the datasets package: pip install datasets")
     try:
         stream = datasets.load_dataset(name, config_name or None, split="train", streaming=True)
         for record in tqdm(stream, unit=" documents", desc="reading", disable=None):
             if not isinstance(record.get("text"), str):
-                fail(f"the dataset {name} has no \"text\" string field (its fields: {', '.join(record)})")
+                raise UserError(f"the dataset {name} has no \"text\" string field (its fields: {', '.join(record)})")
             yield record["text"]
+    except UserError:
+        raise
     except Exception as e:  # not on the Hub, no connection, a wrong config name, a broken stream...
         reason = " ".join(line.strip() for line in str(e).splitlines()[:2] if line.strip())
-        fail(f"cannot read the Hugging Face dataset {name}: {type(e).__name__}: {reason}")
+        raise UserError(f"cannot read the Hugging Face dataset {name}: {type(e).__name__}: {reason}")
 
 
 def split_documents(source, val_fraction):
@@ -102,8 +106,9 @@ def split_documents(source, val_fraction):
     for n, text in enumerate(read_documents(source), start=1):
         yield "val" if int(n * val_fraction) > int((n - 1) * val_fraction) else "train", text
     if int(n * val_fraction) == 0:
-        fail(f"{source} has only {n} document(s), too few to split with val_fraction={val_fraction}: one document in "
-             f"every {1 / val_fraction:g} goes to val; use more documents or a larger val_fraction")
+        raise UserError(f"{source} has only {n} document(s), too few to split with val_fraction={val_fraction}: "
+                        f"one document in every {1 / val_fraction:g} goes to val; use more documents or a larger "
+                        f"val_fraction")
 
 
 def batched_documents(documents, n_chars):

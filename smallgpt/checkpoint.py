@@ -2,9 +2,9 @@
 train.py's checkpoints, out_dir/ckpt.pt: self-contained (weights, model shape, optimizer, progress, config and
 tokenizer), written atomically, and read back with weights_only=True, so that a file can never run code.
 
-- save_checkpoint, read_checkpoint: the file, whole or not at all; a one-line reason when it cannot be read.
-- load_checkpoint: the model and its tokenizer on the CPU, for sample.py, export.py and bench.py.
-- resume_settings: whether a checkpoint can resume with this run's settings, and which of them changed.
+- save_checkpoint, read_checkpoint: the file, whole or not at all; a UserError that says why it cannot be read.
+- load_checkpoint: the model and its tokenizer spec on the CPU, for sample.py, export.py and bench.py.
+- read_for_resuming: the checkpoint, if it can resume with this run's settings, and which of them changed.
 - training_state, load_training_state: the weights and the optimizer state by parameter name, whole tensors,
   so that a run saved by one process resumes under DDP or FSDP and the other way round.
 - rng_states, restore_rng_states: every process's random number generators, for dropout.
@@ -16,8 +16,9 @@ from dataclasses import asdict
 import torch
 import torch.distributed as dist
 
-from files import replaced_atomically
 from model import GPT, GPTConfig
+from smallgpt.errors import UserError
+from smallgpt.files import replaced_atomically
 
 # what train.py saves, and needs to resume
 TRAINING_KEYS = ("model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "best_iter", "config",
@@ -32,39 +33,47 @@ def save_checkpoint(path, checkpoint):
 
 
 def read_checkpoint(path, required=("model", "model_args", "tokenizer"), device="cpu"):
-    """The checkpoint at path as a dict; ValueError when it is missing, unreadable or lacks a required key."""
+    """The checkpoint at path as a dict; UserError when it is missing, unreadable or lacks a required key."""
     if not os.path.exists(path):
-        raise ValueError(f"no checkpoint at {path}: train a model first (python train.py), or point --out_dir at one")
+        raise UserError(f"no checkpoint at {path}: train a model first (python train.py), or point --out_dir at one")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated, corrupted, a folder, or not a checkpoint at all
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
-                         f"it may be truncated or corrupted") from None
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
+                        f"it may be truncated or corrupted") from None
     missing = sorted(set(required) - (checkpoint.keys() if isinstance(checkpoint, dict) else set()))
     if missing:
-        raise ValueError(f"{path} was not written by this train.py (it lacks {', '.join(missing)})")
+        raise UserError(f"{path} was not written by this train.py (it lacks {', '.join(missing)})")
     return checkpoint
 
 
 def load_checkpoint(path):
-    """(model, tokenizer description) of the checkpoint at path, on the CPU; ValueError as read_checkpoint."""
+    """(model, tokenizer spec) of the checkpoint at path, on the CPU; UserError as read_checkpoint."""
     checkpoint = read_checkpoint(path)
     model = GPT(GPTConfig(**checkpoint["model_args"]))
     model.load_state_dict(checkpoint["model"])
     return model, checkpoint["tokenizer"]
 
 
-def resume_settings(checkpoint, model_args, config, tokenizer):
+def read_for_resuming(path, model_args, config, tokenizer_spec, device):
     """
-    (model_args, changes) for resuming checkpoint with this run's model_args, config and dataset's tokenizer:
-    the tokenizer and the model must be the checkpoint's, or ValueError says how they differ (a pretrained
-    model's shape is taken from the checkpoint); changes lists the other settings that differ.
+    (checkpoint, model_args, changes) for resuming the checkpoint at path with this run's model_args, config and
+    dataset's tokenizer_spec: the tokenizer and the model must be the checkpoint's, or a UserError says how they
+    differ (a pretrained model's shape is taken from the checkpoint); changes lists the other settings that differ.
     """
-    if checkpoint["tokenizer"] != tokenizer:
-        describe = lambda t: f"{t['tokenizer']}, {t['vocab_size']} tokens"
-        raise ValueError(f"the checkpoint was trained with another tokenizer ({describe(checkpoint['tokenizer'])}) "
-                         f"than data/{config['dataset']}'s ({describe(tokenizer)}); resume with the dataset it was "
-                         f"trained on, or start a new --out_dir")
+    try:
+        checkpoint = read_checkpoint(path, TRAINING_KEYS, device)
+        return checkpoint, *resume_settings(checkpoint, model_args, config, tokenizer_spec)
+    except UserError as e:
+        raise UserError(f"cannot resume: {e}") from None
+
+
+def resume_settings(checkpoint, model_args, config, tokenizer_spec):
+    if checkpoint["tokenizer"] != tokenizer_spec:
+        describe = lambda spec: f"{spec['tokenizer']}, {spec['vocab_size']} tokens"
+        raise UserError(f"the checkpoint was trained with another tokenizer ({describe(checkpoint['tokenizer'])}) "
+                        f"than data/{config['dataset']}'s ({describe(tokenizer_spec)}); resume with the dataset it "
+                        f"was trained on, or start a new --out_dir")
     # a checkpoint from before an architecture option existed was trained with GPTConfig's default for it
     saved_args = {**asdict(GPTConfig()), **checkpoint["model_args"]}
     if checkpoint.get("pretrained"):  # the shape came from the pretrained model, not from this config
@@ -72,15 +81,15 @@ def resume_settings(checkpoint, model_args, config, tokenizer):
     different = [f"{key}={saved_args[key]!r} (asked {model_args[key]!r})" for key in MODEL_KEYS
                  if saved_args[key] != model_args[key]]
     if different:
-        raise ValueError(f"the checkpoint's model differs: {', '.join(different)}; "
-                         f"use the settings it was trained with, or a new --out_dir")
+        raise UserError(f"the checkpoint's model differs: {', '.join(different)}; "
+                        f"use the settings it was trained with, or a new --out_dir")
     saved = checkpoint["config"]  # settings newer than the checkpoint are not changes
     changes = [f"{key} {saved[key]!r} -> {value!r}" for key, value in config.items()
                if key != "init_from" and key in saved and saved[key] != value]
     if bool(saved.get("muon_learning_rate")) != bool(config["muon_learning_rate"]):
-        raise ValueError(f"muon_learning_rate {saved.get('muon_learning_rate', 0.0)!r} -> "
-                         f"{config['muon_learning_rate']!r} would switch between AdamW and Muon, whose states differ; "
-                         f"keep it on (or off) as it was, or start a new --out_dir")
+        raise UserError(f"muon_learning_rate {saved.get('muon_learning_rate', 0.0)!r} -> "
+                        f"{config['muon_learning_rate']!r} would switch between AdamW and Muon, whose states "
+                        f"differ; keep it on (or off) as it was, or start a new --out_dir")
     return model_args, changes
 
 

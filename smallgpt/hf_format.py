@@ -3,7 +3,7 @@ Hugging Face's GPT-2 format, in and out: config.json with the weights in model.s
 pytorch_model.bin), under transformers' names, as GPT2LMHeadModel.save_pretrained writes them.
 
 - load_pretrained: OpenAI's GPT-2 weights ('gpt2' ... 'gpt2-xl', downloaded from the Hugging Face Hub and cached
-  there) or a local folder, as a GPT; GPT.from_pretrained hands over to it.
+  there) or a local folder, into a model that GPT.from_pretrained builds (so this file needs no import of it).
 - save_pretrained: a GPT in that format, for transformers and load_pretrained (export.py).
 Reading the weights needs safetensors and downloading them huggingface_hub (pip install -r
 requirements-gpt2.txt); both are imported only when used. pytorch_model.bin is read with weights_only=True.
@@ -15,8 +15,8 @@ import os
 import torch
 import torch.nn as nn
 
-from files import make_dir, replaced_atomically
-from model import GPT, GPTConfig
+from smallgpt.errors import UserError
+from smallgpt.files import make_dir, replaced_atomically
 
 # OpenAI's GPT-2 models, as the Hugging Face Hub names them
 GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -32,29 +32,26 @@ GPT2_DEFAULTS = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_em
                      scale_attn_by_inverse_layer_idx=False, tie_word_embeddings=True, add_cross_attention=False)
 
 
-def load_pretrained(name_or_path, override_args=None):
+def load_pretrained(name_or_path, build_model):
     """
-    A GPT with pretrained weights: name_or_path is one of GPT2_MODELS, downloaded from the Hugging Face Hub
-    (which caches it, so later calls need no network), or a folder in Hugging Face's GPT-2 format. The shape
-    is the pretrained model's; override_args may set dropout. Raises ValueError for a name, folder or file that
-    is not a GPT-2 model, ImportError for a missing optional package and OSError for a failed download, each
-    with a message that says what to do.
+    A model with pretrained weights: name_or_path is one of GPT2_MODELS, downloaded from the Hugging Face Hub
+    (which caches it, so later calls need no network), or a folder in Hugging Face's GPT-2 format;
+    build_model(**shape) makes the model of GPTConfig's shape that its config.json describes. UserError, with a
+    message that says what to do, for a name, folder or file that is not a GPT-2 model, a missing optional
+    package or a failed download.
     """
-    override_args = override_args or {}
-    assert all(k == "dropout" for k in override_args)  # only dropout can be overridden
     config_path, weights_path = pretrained_files(name_or_path)
-    config_args = gpt2_config_args(config_path)
+    model = build_model(**gpt2_config_args(config_path))
     state = from_gpt2_names(read_weights(weights_path))
-    model = GPT(GPTConfig(**config_args, **override_args))
     expected = model.state_dict()
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:
-        raise ValueError(f"{weights_path} does not hold the weights that {config_path} describes: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise UserError(f"{weights_path} does not hold the weights that {config_path} describes: "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     for key, value in expected.items():
         if state[key].shape != value.shape:
-            raise ValueError(f"{weights_path} does not hold the weights that {config_path} describes: "
-                             f"{key} is {tuple(state[key].shape)}, not {tuple(value.shape)}")
+            raise UserError(f"{weights_path} does not hold the weights that {config_path} describes: "
+                            f"{key} is {tuple(state[key].shape)}, not {tuple(value.shape)}")
     model.load_state_dict(state)
     return model
 
@@ -64,17 +61,19 @@ def save_pretrained(model, folder, eot_id=50256):
     Write folder/config.json and folder/model.safetensors in Hugging Face's GPT-2 format, which transformers
     (GPT2LMHeadModel.from_pretrained) and load_pretrained read; eot_id is the tokenizer's <|endoftext|>. GPT-2
     has biases everywhere: a model without them gets zero biases, which compute the same. A model with an option
-    beyond GPT-2 (rotary, qk_norm, attn_scale) cannot be written so: ValueError.
+    beyond GPT-2 (rotary, qk_norm, attn_scale) cannot be written so: UserError.
     """
     cfg = model.config
-    beyond = [name for name, on in (("rotary", cfg.rotary), ("qk_norm", cfg.qk_norm),
-                                    ("attn_scale", cfg.attn_scale != 1.0)) if on]
-    if beyond:
-        raise ValueError(f"GPT-2's format cannot hold this model: it uses {', '.join(beyond)}, which GPT-2 has not")
+    not_in_gpt2 = [name for name, on in (("rotary", cfg.rotary), ("qk_norm", cfg.qk_norm),
+                                         ("attn_scale", cfg.attn_scale != 1.0)) if on]
+    if not_in_gpt2:
+        raise UserError(f"cannot export to {folder}: GPT-2's format cannot hold this model: it uses "
+                        f"{', '.join(not_in_gpt2)}, which GPT-2 has not")
     try:
         from safetensors.torch import save
     except ImportError:
-        raise ImportError("saving in Hugging Face's format needs safetensors: pip install safetensors") from None
+        raise UserError(f"cannot export to {folder}: saving in Hugging Face's format needs safetensors: "
+                        f"pip install safetensors") from None
     state = {key: value.detach().cpu() for key, value in model.state_dict().items() if key != "lm_head.weight"}
     for name, module in model.transformer.named_modules():
         if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is None:
@@ -100,14 +99,14 @@ def pretrained_files(name_or_path):
         if not os.path.isfile(config_path):
             hint = (f"; it holds a checkpoint of train.py, which python export.py --out_dir={name_or_path} converts"
                     if os.path.isfile(os.path.join(name_or_path, "ckpt.pt")) else "")
-            raise ValueError(f"{name_or_path} has no config.json, so it is not a model in Hugging Face's format{hint}")
+            raise UserError(f"{name_or_path} has no config.json, so it is not a model in Hugging Face's format{hint}")
         weights = [os.path.join(name_or_path, name) for name in HF_WEIGHTS
                    if os.path.isfile(os.path.join(name_or_path, name))]
         if not weights:
-            raise ValueError(f"{name_or_path} has a config.json but no weights: neither {' nor '.join(HF_WEIGHTS)}")
+            raise UserError(f"{name_or_path} has a config.json but no weights: neither {' nor '.join(HF_WEIGHTS)}")
         return config_path, weights[0]
     if name_or_path not in GPT2_MODELS:
-        raise ValueError(f"'{name_or_path}' is neither a GPT-2 model ({', '.join(GPT2_MODELS)}) nor a folder")
+        raise UserError(f"'{name_or_path}' is neither a GPT-2 model ({', '.join(GPT2_MODELS)}) nor a folder")
     # every GPT-2 repository on the Hub has model.safetensors, the format that can be read without unpickling
     repo_id = GPT2_MODELS[name_or_path]
     return hub_download(repo_id, "config.json"), hub_download(repo_id, HF_WEIGHTS[0])
@@ -119,31 +118,33 @@ def hub_download(repo_id, filename):
         from huggingface_hub import constants, hf_hub_download
         from huggingface_hub.utils import LocalEntryNotFoundError
     except ImportError:
-        raise ImportError("downloading GPT-2 from the Hugging Face Hub needs huggingface_hub: "
-                          "pip install huggingface_hub safetensors") from None
+        raise UserError("downloading GPT-2 from the Hugging Face Hub needs huggingface_hub: "
+                        "pip install huggingface_hub safetensors") from None
     try:
         return hf_hub_download(repo_id, filename)
     except LocalEntryNotFoundError:
-        raise OSError(f"cannot download {repo_id}/{filename}: the Hugging Face Hub ({constants.ENDPOINT}) is out of "
-                      f"reach (or HF_HUB_OFFLINE=1) and the file is not in its cache ({constants.HF_HUB_CACHE}); "
-                      f"check your connection, or use a local model folder") from None
+        raise UserError(f"cannot download {repo_id}/{filename}: the Hugging Face Hub ({constants.ENDPOINT}) is out of "
+                        f"reach (or HF_HUB_OFFLINE=1) and the file is not in its cache ({constants.HF_HUB_CACHE}); "
+                        f"check your connection, or use a local model folder") from None
     except OSError as e:  # huggingface_hub's HTTP errors are OSErrors
         reason = " ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
-        raise OSError(f"cannot download {repo_id}/{filename} from the Hugging Face Hub: {reason}") from None
+        raise UserError(f"cannot download {repo_id}/{filename} from the Hugging Face Hub: {reason}") from None
 
 
 def gpt2_config_args(config_path):
-    """GPTConfig's arguments from a config.json; ValueError where it describes anything but GPT-2's architecture."""
+    """GPTConfig's arguments from a config.json; UserError where it describes anything but GPT-2's architecture."""
     try:
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{config_path} is not valid JSON ({e})") from None
+        raise UserError(f"{config_path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {config_path}: {e.strerror}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{config_path} is not a model configuration: it holds a {type(config).__name__}")
+        raise UserError(f"{config_path} is not a model configuration: it holds a {type(config).__name__}")
     c = {**GPT2_DEFAULTS, **config}
     if c["model_type"] != "gpt2":
-        raise ValueError(f"{config_path} describes a {c['model_type']} model, not GPT-2")
+        raise UserError(f"{config_path} describes a {c['model_type']} model, not GPT-2")
     gpt2_like = {
         "activation_function": c["activation_function"] in HF_ACTIVATIONS,
         "layer_norm_epsilon": c["layer_norm_epsilon"] == 1e-5,
@@ -155,10 +156,10 @@ def gpt2_config_args(config_path):
     }
     unlike = [f"{key}={c[key]!r} (GPT-2: {GPT2_DEFAULTS[key]!r})" for key, ok in gpt2_like.items() if not ok]
     if unlike:
-        raise ValueError(f"{config_path} is not GPT-2's architecture, the only one this model implements: "
-                         f"{', '.join(unlike)}")
+        raise UserError(f"{config_path} is not GPT-2's architecture, the only one this model implements: "
+                        f"{', '.join(unlike)}")
     if c["n_embd"] % c["n_head"] != 0:
-        raise ValueError(f"{config_path}: n_embd ({c['n_embd']}) is not divisible by n_head ({c['n_head']})")
+        raise UserError(f"{config_path}: n_embd ({c['n_embd']}) is not divisible by n_head ({c['n_head']})")
     return dict(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], block_size=c["n_positions"],
                 vocab_size=c["vocab_size"], bias=True, activation=HF_ACTIVATIONS[c["activation_function"]])
 
@@ -169,17 +170,17 @@ def read_weights(path):
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise ImportError(f"reading {path} needs safetensors: pip install safetensors") from None
+            raise UserError(f"reading {path} needs safetensors: pip install safetensors") from None
     try:
         if path.endswith(".safetensors"):
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupted, or not weights at all
-        raise ValueError(f"{path} is not a readable weights file ({type(e).__name__}); "
-                         f"it may be truncated or corrupted") from None
+        raise UserError(f"{path} is not a readable weights file ({type(e).__name__}); "
+                        f"it may be truncated or corrupted") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a weights file: it does not hold a dictionary of tensors")
+        raise UserError(f"{path} is not a weights file: it does not hold a dictionary of tensors")
     return state
 
 

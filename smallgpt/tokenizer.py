@@ -1,17 +1,18 @@
 """
-The tokenizers: text to token ids and back. A tokenizer is described by a small JSON object, kept as a data
-folder's meta.json and as a checkpoint's "tokenizer", so that whatever has one can encode and decode:
+The tokenizers: text to token ids and back. A tokenizer is described by its spec, a small JSON object kept in a
+data folder's meta.json and as a checkpoint's "tokenizer" (the scripts call it tokenizer_spec), so that whatever
+has one can encode and decode:
 - {"tokenizer": "char", "vocab_size": 65, "chars": "\\n !$&..."}: token i is the character chars[i];
 - {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}: GPT-2's BPE, tiktoken's encoding of that name;
 - {"tokenizer": "bpe", "vocab_size": 1024, "merges": [[32, 116], ...]}: a byte-level BPE learned from a text:
   tokens 0-255 are the bytes, token 256 + k joins the pair of tokens merges[k], the last is <|endoftext|>.
 
-- make_codec(meta): (encode, decode) between a text and a list of ids, for prompts and samples.
-- tokenizer_problem(meta): what is wrong with a description read from a file, if anything.
-- model_vocab_size(meta), token_bytes(meta): the size of the model's embedding for a tokenizer; the length in
+- make_codec(spec): (encode, decode) between a text and a list of ids, for prompts and samples.
+- tokenizer_problem(spec): what is wrong with a spec read from a file, if anything.
+- model_vocab_size(spec), token_bytes(spec): the size of the model's embedding for a tokenizer; the length in
   UTF-8 bytes of each token's text (a special token's is 0), for bits per byte.
-- char_meta, char_lookup, code_points: the char tokenizer of an alphabet, and its fast encoding with numpy.
-- tiktoken_encoding(meta), bpe_safe_cut: tiktoken's encoding of a BPE, GPT-2's or learned (both split text with
+- char_spec, char_lookup, code_points: the char tokenizer of an alphabet, and its fast encoding with numpy.
+- tiktoken_encoding(spec), bpe_safe_cut: tiktoken's encoding of a BPE, GPT-2's or learned (both split text with
   GPT-2's pre-tokenizer), and where a text can be cut without changing its tokens.
 - learn_bpe, hf_tokenizer: learning a BPE with Hugging Face's tokenizers, and the BPE as one of its tokenizers,
   which transformers loads (export.py).
@@ -24,9 +25,9 @@ import time
 
 import numpy as np
 
-from configurator import fail
+from smallgpt.errors import UserError
 
-GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}
+GPT2_SPEC = {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}
 TOKENIZERS = ("char", "gpt2", "bpe")
 EOT = "<|endoftext|>"
 LEARNING_PIECE = 1 << 16  # characters handed to the BPE trainer at a time
@@ -34,10 +35,10 @@ LEARNING_PIECE = 1 << 16  # characters handed to the BPE trainer at a time
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-def make_codec(meta):
-    """(encode, decode) for the tokenizer that meta describes. encode raises ValueError on text it cannot encode."""
-    if meta["tokenizer"] == "char":
-        chars = meta["chars"]
+def make_codec(spec):
+    """(encode, decode) for the tokenizer that spec describes. encode raises ValueError on text it cannot encode."""
+    if spec["tokenizer"] == "char":
+        chars = spec["chars"]
         stoi = {ch: i for i, ch in enumerate(chars)}
 
         def encode(text):
@@ -47,23 +48,23 @@ def make_codec(meta):
             return [stoi[c] for c in text]
 
         return encode, lambda ids: "".join(chars[i] for i in ids)
-    enc = tiktoken_encoding(meta)
+    enc = tiktoken_encoding(spec)
     return lambda text: enc.encode(text, allowed_special={EOT}), enc.decode
 
 
-def tokenizer_problem(meta):
-    """None if meta describes a tokenizer whole; else what is wrong, to follow the name of the file it came from."""
-    if not isinstance(meta, dict) or meta.get("tokenizer") not in TOKENIZERS:
+def tokenizer_problem(spec):
+    """None if spec describes a tokenizer whole; else what is wrong, to follow the name of the file it came from."""
+    if not isinstance(spec, dict) or spec.get("tokenizer") not in TOKENIZERS:
         return f"does not describe a tokenizer: \"tokenizer\" must be one of {', '.join(TOKENIZERS)}"
-    vocab_size = meta.get("vocab_size")
+    vocab_size = spec.get("vocab_size")
     if type(vocab_size) is not int or not 1 <= vocab_size <= 65536:
         return f"has a \"vocab_size\" of {vocab_size!r}, not a whole number from 1 to 65536"
-    if meta["tokenizer"] == "char" and not (isinstance(meta.get("chars"), str) and len(meta["chars"]) == vocab_size):
+    if spec["tokenizer"] == "char" and not (isinstance(spec.get("chars"), str) and len(spec["chars"]) == vocab_size):
         return f"needs \"chars\", a string of its vocab_size ({vocab_size}) characters"
-    if meta["tokenizer"] == "gpt2" and (meta.get("encoding") != "gpt2" or vocab_size != 50257):
+    if spec["tokenizer"] == "gpt2" and (spec.get("encoding") != "gpt2" or vocab_size != 50257):
         return "describes GPT-2's BPE but not as GPT-2 has it: \"encoding\" \"gpt2\", \"vocab_size\" 50257"
-    merges = meta.get("merges")
-    if meta["tokenizer"] == "bpe" and not (
+    merges = spec.get("merges")
+    if spec["tokenizer"] == "bpe" and not (
             isinstance(merges, list) and len(merges) == vocab_size - 257 and
             all(isinstance(pair, list) and len(pair) == 2 and all(type(t) is int and 0 <= t < 256 + k for t in pair)
                 for k, pair in enumerate(merges)) and len(set(bpe_pieces(merges))) == vocab_size - 1):
@@ -71,26 +72,26 @@ def tokenizer_problem(meta):
     return None
 
 
-def model_vocab_size(meta):
+def model_vocab_size(spec):
     """A character model's vocabulary as it is; a BPE's padded up to a multiple of 64, for faster matrix products."""
-    return meta["vocab_size"] if meta["tokenizer"] == "char" else math.ceil(meta["vocab_size"] / 64) * 64
+    return spec["vocab_size"] if spec["tokenizer"] == "char" else math.ceil(spec["vocab_size"] / 64) * 64
 
 
-def token_bytes(meta):
+def token_bytes(spec):
     """The length in UTF-8 bytes of each token's text, as a numpy array; a special token has none."""
-    if meta["tokenizer"] == "char":
-        return np.array([len(c.encode("utf-8")) for c in meta["chars"]])
-    if meta["tokenizer"] == "bpe":
-        return np.array([len(piece) for piece in bpe_pieces(meta["merges"])] + [0])
-    enc = tiktoken_encoding(meta)
+    if spec["tokenizer"] == "char":
+        return np.array([len(c.encode("utf-8")) for c in spec["chars"]])
+    if spec["tokenizer"] == "bpe":
+        return np.array([len(piece) for piece in bpe_pieces(spec["merges"])] + [0])
+    enc = tiktoken_encoding(spec)
     return np.array([0 if i == enc.eot_token else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)])
 
 
-def char_meta(alphabet, source):
-    """meta.json of the char tokenizer, refusing an alphabet larger than uint16 token ids can number."""
+def char_spec(alphabet, source):
+    """The spec of the char tokenizer of alphabet, refusing an alphabet larger than uint16 token ids can number."""
     if len(alphabet) > 65536:
-        fail(f"{source} has {len(alphabet)} distinct characters, more than the 65536 token ids "
-             f"that uint16 .bin files hold; use --tokenizer=gpt2 or --tokenizer=bpe")
+        raise UserError(f"{source} has {len(alphabet)} distinct characters, more than the 65536 token ids "
+                        f"that uint16 .bin files hold; use --tokenizer=gpt2 or --tokenizer=bpe")
     return {"tokenizer": "char", "vocab_size": len(alphabet), "chars": alphabet}
 
 
@@ -109,18 +110,18 @@ def char_lookup(alphabet):
     return table
 
 
-def tiktoken_encoding(meta):
+def tiktoken_encoding(spec):
     """tiktoken's Encoding of GPT-2's BPE, or of a learned one, whose ranks are its token ids."""
     import tiktoken
-    if meta["tokenizer"] == "bpe":
-        ranks = {piece: i for i, piece in enumerate(bpe_pieces(meta["merges"]))}
-        return tiktoken.Encoding(f"bpe{meta['vocab_size']}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                 special_tokens={EOT: meta["vocab_size"] - 1})
+    if spec["tokenizer"] == "bpe":
+        ranks = {piece: i for i, piece in enumerate(bpe_pieces(spec["merges"]))}
+        return tiktoken.Encoding(f"bpe{spec['vocab_size']}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens={EOT: spec["vocab_size"] - 1})
     enc = tiktoken.get_encoding("gpt2")
     # tiktoken before 0.11 turns the text "<|endoftext|>" into the special token even when told not to
     if enc.encode_to_numpy(EOT, disallowed_special=()).tolist() != enc.encode_ordinary(EOT):
-        fail(f"tiktoken {tiktoken.__version__} encodes the text {EOT} as a special token: "
-             f"pip install 'tiktoken>=0.11'")
+        raise UserError(f"tiktoken {tiktoken.__version__} encodes the text {EOT} as a special token: "
+                        f"pip install 'tiktoken>=0.11'")
     return enc
 
 
@@ -151,7 +152,7 @@ def bpe_safe_cut(text):
 # printable character (GPT-2's bytes_to_unicode) and each token by the characters of its bytes.
 
 def learn_bpe(texts, vocab_size, source):
-    """meta.json of a byte-level BPE of vocab_size tokens learned from texts, streamed (the training split)."""
+    """The spec of a byte-level BPE of vocab_size tokens learned from texts, streamed (the training split)."""
     hf = tokenizers_package()
     tokenizer = hf.Tokenizer(hf.models.BPE())
     tokenizer.pre_tokenizer = byte_level(hf)
@@ -168,20 +169,21 @@ def learn_bpe(texts, vocab_size, source):
         ids[a + b] = 256 + len(merges)
         merges.append([ids[a], ids[b]])
     if len(merges) < vocab_size - 257:
-        fail(f"the training split of {source} is too short to learn the {vocab_size - 257} merges of a "
-             f"{vocab_size}-token BPE: it has pairs for {len(merges)}; use --vocab_size={257 + len(merges)} or less")
+        raise UserError(f"the training split of {source} is too short to learn the {vocab_size - 257} merges of a "
+                        f"{vocab_size}-token BPE: it has pairs for {len(merges)}; "
+                        f"use --vocab_size={257 + len(merges)} or less")
     print(f"learned a BPE of {vocab_size} tokens from {source}'s training split in {time.time() - start:.1f}s")
     return {"tokenizer": "bpe", "vocab_size": vocab_size, "merges": merges}
 
 
-def hf_tokenizer(meta):
+def hf_tokenizer(spec):
     """A learned BPE as a tokenizers.Tokenizer, whose tokenizer.json transformers' PreTrainedTokenizerFast loads."""
     hf = tokenizers_package()
     names = byte_names()
     name = lambda piece: "".join(names[b] for b in piece)
-    pieces = bpe_pieces(meta["merges"])
+    pieces = bpe_pieces(spec["merges"])
     tokenizer = hf.Tokenizer(hf.models.BPE(vocab={name(piece): i for i, piece in enumerate(pieces)},
-                                           merges=[(name(pieces[a]), name(pieces[b])) for a, b in meta["merges"]]))
+                                           merges=[(name(pieces[a]), name(pieces[b])) for a, b in spec["merges"]]))
     tokenizer.pre_tokenizer = byte_level(hf)
     tokenizer.decoder = hf.decoders.ByteLevel()
     tokenizer.add_special_tokens([EOT])  # the next id: vocab_size - 1
@@ -197,7 +199,7 @@ def tokenizers_package():
     try:
         import tokenizers
     except ImportError:
-        fail("a learned BPE needs Hugging Face's tokenizers: pip install tokenizers")
+        raise UserError("a learned BPE needs Hugging Face's tokenizers: pip install tokenizers")
     return tokenizers
 
 

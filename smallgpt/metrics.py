@@ -3,7 +3,7 @@ What a training run records: out_dir/metrics.jsonl, one JSON object per logged i
 per evaluation ("kind": "eval"); out_dir/loss.png, drawn from them at every evaluation; and, if asked, the
 evaluations in Weights & Biases.
 
-    python metrics.py out/metrics.jsonl    # draw loss.png beside a metrics.jsonl, e.g. of a finished run
+    python -m smallgpt.metrics out/metrics.jsonl    # draw loss.png beside a metrics.jsonl, e.g. of a finished run
 
 - MetricsLog: appends records to metrics.jsonl with the seconds since the run began; a resumed run continues
   the file of the run it resumes, and its clock.
@@ -16,8 +16,8 @@ import os
 import sys
 import time
 
-from configurator import fail
-from files import replaced_atomically
+from smallgpt.errors import UserError, report_user_errors
+from smallgpt.files import replaced_atomically
 
 
 class MetricsLog:
@@ -40,7 +40,7 @@ class MetricsLog:
             try:
                 import wandb
             except ImportError:
-                fail("wandb_log=True needs the wandb package: pip install wandb (or leave wandb_log off)")
+                raise UserError("wandb_log=True needs the wandb package: pip install wandb (or leave wandb_log off)")
             project, name, config = wandb_run
             self.wandb = wandb.init(project=project, name=name, config=config)
 
@@ -52,7 +52,7 @@ class MetricsLog:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         except OSError as e:
-            fail(f"could not write {self.path}: {e.strerror}; the last checkpoint is as it was saved")
+            raise UserError(f"could not write {self.path}: {e.strerror}; the last checkpoint is as it was saved")
         if record["kind"] != "eval":
             return
         plot_losses(self.records, self.plot_path, self.title)
@@ -133,6 +133,7 @@ def format_duration(seconds):
 
 
 if __name__ == "__main__":
+    report_user_errors()
     if len(sys.argv) != 2 or not os.path.isfile(sys.argv[1]):
-        sys.exit("usage: python metrics.py out/metrics.jsonl")
+        sys.exit("usage: python -m smallgpt.metrics out/metrics.jsonl")
     plot_losses(read_metrics(sys.argv[1]), os.path.join(os.path.dirname(sys.argv[1]), "loss.png"), sys.argv[1])

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import fail
+from smallgpt.errors import UserError
 
 
 def resolve_device(device):
@@ -25,16 +25,16 @@ def resolve_device(device):
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            fail(f"device '{device}' is not available: this machine has no CUDA GPU that torch can use; "
-                 f"use --device=cpu (or leave device to 'auto')")
+            raise UserError(f"device '{device}' is not available: this machine has no CUDA GPU that torch can use; "
+                            f"use --device=cpu (or leave device to 'auto')")
         if index and (not index.isdigit() or int(index) >= count):
-            fail(f"device '{device}' is not available: this machine has {count} CUDA GPU(s), "
-                 f"cuda:0 to cuda:{count - 1}")
+            raise UserError(f"device '{device}' is not available: this machine has {count} CUDA GPU(s), "
+                            f"cuda:0 to cuda:{count - 1}")
     elif kind == "mps":
         if not torch.backends.mps.is_available():
-            fail(f"device '{device}' is not available: MPS needs an Apple-silicon Mac; use --device=cpu")
+            raise UserError(f"device '{device}' is not available: MPS needs an Apple-silicon Mac; use --device=cpu")
     elif device != "cpu":
-        fail(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps")
+        raise UserError(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -45,7 +45,7 @@ def resolve_dtype(dtype, device_type):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "float32"
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
-        fail("this GPU does not support bfloat16: use --dtype=float16")
+        raise UserError("this GPU does not support bfloat16: use --dtype=float16")
     return dtype
 
 

@@ -1,10 +1,10 @@
 """
 A prepared data folder, data/DATASET, as prepare.py writes it and train.py reads it: train.bin and val.bin (the
-token ids as raw uint16) and meta.json: the tokenizer (see tokenizer.py) and, under "splits", what each split
-holds: its tokens, the UTF-8 bytes of its text, and its largest token id.
+token ids as raw uint16) and meta.json: the tokenizer spec (see tokenizer.py) and, under "splits", what each
+split holds: its tokens, the UTF-8 bytes of its text, and its largest token id.
 
 - open_dataset: the folder, checked before training starts: meta.json whole, each .bin a whole number of ids
-  that matches meta.json, and no id beyond the vocabulary. Each failure is one line that names the file and
+  that matches meta.json, and no id beyond the vocabulary. Each failure is a UserError that names the file and
   the command that makes the folder again.
 - count_ids, split_stats: what meta.json records of a split, from its token ids.
 - bits_per_byte: a loss per token as bits per byte of text, which compares tokenizers on one scale.
@@ -17,9 +17,9 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from configurator import fail
-from files import replaced_atomically
-from tokenizer import token_bytes, tokenizer_problem
+from smallgpt.errors import UserError
+from smallgpt.files import replaced_atomically
+from smallgpt.tokenizer import token_bytes, tokenizer_problem
 
 SPLITS = ("train", "val")
 CHUNK_IDS = 1 << 24  # ids counted at a time when a folder is checked
@@ -27,29 +27,29 @@ PREPARE_FLAGS = {"shakespeare_char": "", "shakespeare": " --tokenizer=gpt2", "sh
 
 
 def open_dataset(dataset, block_size):
-    """(data_dir, tokenizer description, {split: stats}) of data/DATASET, checked (see above)."""
+    """(data_dir, tokenizer spec, {split: stats}) of data/DATASET, checked (see above)."""
     data_dir = os.path.join("data", dataset)
     remake = "python prepare.py" + PREPARE_FLAGS.get(dataset, f" --input=YOUR_TEXT --dataset={dataset}")
     paths = {name: os.path.join(data_dir, name) for name in ("train.bin", "val.bin", "meta.json")}
     missing = [path for path in paths.values() if not os.path.exists(path)]
     if missing:
-        fail(f"dataset '{dataset}' is not prepared: {missing[0]} is missing; make it with: {remake}")
+        raise UserError(f"dataset '{dataset}' is not prepared: {missing[0]} is missing; make it with: {remake}")
     try:
         with open(paths["meta.json"], encoding="utf-8") as f:
             meta = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        fail(f"{paths['meta.json']} is not valid JSON ({e}); make the folder again with: {remake}")
+        raise UserError(f"{paths['meta.json']} is not valid JSON ({e}); make the folder again with: {remake}") from None
     problem = tokenizer_problem(meta)
     if problem:
-        fail(f"{paths['meta.json']} {problem}; make the folder again with: {remake}")
+        raise UserError(f"{paths['meta.json']} {problem}; make the folder again with: {remake}")
     for split in SPLITS:
         size = os.path.getsize(paths[f"{split}.bin"])
         if size % 2:
-            fail(f"{paths[f'{split}.bin']} has {size} bytes, not a whole number of uint16 token ids: it is cut "
-                 f"short or not a token file; make the folder again with: {remake}")
-    tokenizer = {key: value for key, value in meta.items() if key != "splits"}
-    if not recorded(meta.get("splits")):  # prepared before the record was kept: count the ids once, and keep it
-        meta["splits"] = {split: split_stats(count_ids(paths[f"{split}.bin"]), tokenizer) for split in SPLITS}
+            raise UserError(f"{paths[f'{split}.bin']} has {size} bytes, not a whole number of uint16 token ids: "
+                            f"it is cut short or not a token file; make the folder again with: {remake}")
+    tokenizer_spec = {key: value for key, value in meta.items() if key != "splits"}
+    if not has_split_record(meta):  # prepared before the record was kept: count the ids once, and keep it
+        meta["splits"] = {split: split_stats(count_ids(paths[f"{split}.bin"]), tokenizer_spec) for split in SPLITS}
         if os.environ.get("RANK", "0") == "0" and os.access(data_dir, os.W_OK):  # one process writes it
             with replaced_atomically(paths["meta.json"], what="meta.json") as [tmp]:
                 with open(tmp, "w", encoding="utf-8") as f:
@@ -57,19 +57,20 @@ def open_dataset(dataset, block_size):
     for split, stats in meta["splits"].items():
         path, n_tokens = paths[f"{split}.bin"], os.path.getsize(paths[f"{split}.bin"]) // 2
         if n_tokens != stats["tokens"]:
-            fail(f"{path} holds {n_tokens} token ids, but {paths['meta.json']} says {stats['tokens']}: the files "
-                 f"come from different runs of prepare.py; make the folder again with: {remake}")
-        if stats["max_id"] >= tokenizer["vocab_size"]:
-            fail(f"{path} holds token id {stats['max_id']}, beyond the {tokenizer['vocab_size']} ids of the "
-                 f"tokenizer in {paths['meta.json']}; make the folder again with: {remake}")
+            raise UserError(f"{path} holds {n_tokens} token ids, but {paths['meta.json']} says {stats['tokens']}: "
+                            f"the files come from different runs of prepare.py; make the folder again with: {remake}")
+        if stats["max_id"] >= tokenizer_spec["vocab_size"]:
+            raise UserError(f"{path} holds token id {stats['max_id']}, beyond the {tokenizer_spec['vocab_size']} "
+                            f"ids of the tokenizer in {paths['meta.json']}; make the folder again with: {remake}")
         if n_tokens <= block_size:
-            fail(f"block_size={block_size} is too long for {path}, which has {n_tokens} tokens; "
-                 f"use a smaller --block_size or more text")
-    return data_dir, tokenizer, meta["splits"]
+            raise UserError(f"block_size={block_size} is too long for {path}, which has {n_tokens} tokens; "
+                            f"use a smaller --block_size or more text")
+    return data_dir, tokenizer_spec, meta["splits"]
 
 
-def recorded(splits):
+def has_split_record(meta):
     """Whether meta.json's "splits" is a whole record of both splits."""
+    splits = meta.get("splits")
     return (isinstance(splits, dict) and set(splits) == set(SPLITS) and
             all(isinstance(stats, dict) and all(type(stats.get(key)) is int for key in ("tokens", "bytes", "max_id"))
                 for stats in splits.values()))
@@ -84,9 +85,9 @@ def count_ids(path):
     return counts
 
 
-def split_stats(counts, tokenizer):
+def split_stats(counts, tokenizer_spec):
     """A split's record in meta.json from how often each id occurs: tokens, bytes of text, the largest id."""
-    lengths = token_bytes(tokenizer)
+    lengths = token_bytes(tokenizer_spec)
     present = np.flatnonzero(counts)
     return {"tokens": int(counts.sum()), "bytes": int(counts[:len(lengths)] @ lengths),
             "max_id": int(present[-1]) if len(present) else -1}

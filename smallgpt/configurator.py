@@ -15,15 +15,21 @@ type of the default it replaces (an int is fine where a float is expected;
 a key whose default is None takes any value).
 
 Every value must also lie in its range, or be one of its choices: RANGES holds
-them for every script. Mistakes end the program with one line on stderr that says
-what to fix, never with a traceback: see `fail`. open_file and read_text open
-the files a user names, with the same one-line errors.
+them for every script. A mistake raises UserError, and configure makes every
+UserError end the script with one line on stderr that says what to fix, never
+with a traceback (see errors.py).
+
+- defaults_of(namespace): a script's settings, its plain lower-case module-level values.
+- configure(defaults, argv): the settings with argv applied and checked.
 """
 
 import ast
 import difflib
 import os
 import sys
+
+from smallgpt.errors import UserError, report_user_errors
+from smallgpt.files import read_text
 
 # The valid values of each setting of every script that has it: an interval, where '[' and ']' include an end
 # and '(' and ')' leave it out, with a hint for the error message after '; '; or a tuple of the choices.
@@ -49,19 +55,24 @@ RANGES = {
 }
 
 
-def fail(message):
-    """Exit with a one-line error on stderr and exit status 1."""
-    sys.exit(f"error: {message}")
+def defaults_of(namespace):
+    """
+    A script's settings from its globals(): the values named in lower case (constants are in upper case) that are
+    numbers, booleans, strings or None, which leaves out modules, functions and classes.
+    """
+    return {key: value for key, value in namespace.items() if key.islower() and not key.startswith("_")
+            and (value is None or isinstance(value, (int, float, bool, str)))}
 
 
 def configure(defaults, argv):
     """Return a copy of `defaults` with the config files and --key=value flags in argv applied."""
+    report_user_errors()
     config = dict(defaults)
     for arg in argv:
         if arg.startswith("--"):
             key, sep, raw = arg[2:].partition("=")
             if not sep:
-                fail(f"flag '{arg}' has no value: write it as --{key}=VALUE")
+                raise UserError(f"flag '{arg}' has no value: write it as --{key}=VALUE")
             check_known(key, config, where=f"flag --{key}")
             config[key] = convert(key, parse_literal(raw, config[key]), config[key], where=f"--{key}")
         else:
@@ -74,9 +85,9 @@ def configure(defaults, argv):
 
 
 def check_range(key, value):
-    """Fail unless value lies in the range, or is one of the choices, that RANGES gives its key."""
+    """UserError unless value lies in the range, or is one of the choices, that RANGES gives its key."""
     if isinstance(RANGES.get(key), tuple) and value not in RANGES[key]:
-        fail(f"unknown {key} '{value}': use {', '.join(RANGES[key])}")
+        raise UserError(f"unknown {key} '{value}': use {', '.join(RANGES[key])}")
     if not isinstance(RANGES.get(key), str) or not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     interval, _, hint = RANGES[key].partition("; ")
@@ -91,41 +102,19 @@ def check_range(key, value):
         allowed = f"above {low:g}"
     else:
         allowed = "0 or more" if low == 0 else f"at least {low:g}"
-    fail(f"{key} must be {allowed}, got {value}" + (f"; {hint}" if hint else ""))
-
-
-def open_file(path, what, mode="r"):
-    """path opened (as UTF-8 text unless mode is 'rb'), or a one-line error: missing, a folder, unreadable."""
-    if not os.path.exists(path):
-        fail(f"{what} '{path}' not found")
-    if os.path.isdir(path):
-        fail(f"{what} '{path}' is a folder, not a file")
-    try:
-        return open(path, mode) if "b" in mode else open(path, mode, encoding="utf-8")
-    except OSError as e:
-        fail(f"cannot read {what} '{path}': {e.strerror}")
-
-
-def read_text(path, what):
-    """The whole text of a UTF-8 file that the user named, or a one-line error."""
-    with open_file(path, what) as f:
-        try:
-            return f.read()
-        except UnicodeDecodeError as e:
-            fail(f"{what} '{path}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be decoded); "
-                 f"convert it first, e.g. iconv -f latin1 -t utf-8 {path}")
+    raise UserError(f"{key} must be {allowed}, got {value}" + (f"; {hint}" if hint else ""))
 
 
 def run_config_file(path, config):
     """Exec a user's config file and return the keys it assigned."""
     if not os.path.exists(path) and not path.endswith(".py"):
-        fail(f"config file '{path}' not found (flags need two dashes: --key=value)")
+        raise UserError(f"config file '{path}' not found (flags need two dashes: --key=value)")
     source = read_text(path, "config file")
     namespace = dict(config)
     try:
         exec(compile(source, path, "exec"), namespace)
     except Exception as e:  # the user's own code: report it in one line
-        fail(f"config file {path} failed: {type(e).__name__}: {e}")
+        raise UserError(f"config file {path} failed: {type(e).__name__}: {e}")
     return {k: v for k, v in namespace.items()
             if not k.startswith("_") and not callable(v) and not isinstance(v, type(sys))
             and (k not in config or v is not config[k])}
@@ -136,7 +125,7 @@ def check_known(key, config, where):
         return
     close = difflib.get_close_matches(key, list(config), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(config))}"
-    fail(f"unknown key '{key}' in {where}{hint}")
+    raise UserError(f"unknown key '{key}' in {where}{hint}")
 
 
 def parse_literal(raw, default):
@@ -160,6 +149,6 @@ def convert(key, value, default, where):
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is not type(default):
-        fail(f"{where}: {key} must be {type(default).__name__} like {default!r}, "
-             f"got {type(value).__name__} {value!r}")
+        raise UserError(f"{where}: {key} must be {type(default).__name__} like {default!r}, "
+                        f"got {type(value).__name__} {value!r}")
     return value

@@ -1,0 +1,71 @@
+"""
+The files a user names and the files the scripts write: each failure a UserError that names the file and says
+what is wrong, and a failed write never leaves a half-written file behind.
+
+- open_file(path, what), read_text(path, what): a file the user named, opened or read as UTF-8 text.
+- replaced_atomically(*paths, what): temporary paths to write, renamed over paths once they are whole and on
+  disk; if writing fails (a full disk, an I/O error), the temporary files are removed, paths stay as they
+  were, and a UserError says so.
+- make_dir(path, what): a folder to write into, or a UserError that says why there cannot be one.
+"""
+
+import os
+from contextlib import contextmanager
+
+from smallgpt.errors import UserError
+
+
+def open_file(path, what, mode="r"):
+    """path opened (as UTF-8 text unless mode is 'rb'); UserError if it is missing, a folder or unreadable."""
+    if not os.path.exists(path):
+        raise UserError(f"{what} '{path}' not found")
+    if os.path.isdir(path):
+        raise UserError(f"{what} '{path}' is a folder, not a file")
+    try:
+        return open(path, mode) if "b" in mode else open(path, mode, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read {what} '{path}': {e.strerror}") from None
+
+
+def read_text(path, what):
+    """The whole text of a UTF-8 file that the user named."""
+    with open_file(path, what) as f:
+        try:
+            return f.read()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{what} '{path}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be "
+                            f"decoded); convert it first, e.g. iconv -f latin1 -t utf-8 {path}") from None
+
+
+@contextmanager
+def replaced_atomically(*paths, what):
+    tmps = [path + ".tmp" for path in paths]
+    try:
+        yield tmps
+        for tmp in tmps:
+            with open(tmp, "rb+") as f:  # on disk before the rename, so that a crash cannot leave an empty file
+                os.fsync(f.fileno())
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        io_error = e if isinstance(e, OSError) else e.__context__  # torch.save wraps the file's OSError
+        if not isinstance(io_error, OSError):
+            raise
+        kept = f"; the previous {what} is intact" if all(os.path.exists(path) for path in paths) else ""
+        raise UserError(f"could not write {what} {', '.join(paths)}: {io_error.strerror or io_error}{kept}") from None
+    finally:
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def make_dir(path, what):
+    """Create the folder path (and its parents) unless it exists; UserError if it cannot be written to."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"cannot create {what} {path}: a file of that name is in the way")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {what} {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"cannot write to {what} {path}: permission denied")
