@@ -26,7 +26,8 @@ that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
 - prepare: MB/s and peak memory of prepare.py on 200 MB of text at character level and 50 MB with GPT-2's BPE
   (Tiny Shakespeare repeated), against nanoGPT's way (the whole text in memory, a Python dict per character,
   tiktoken's encode_ordinary on one core), each timed as a whole process; both must write the same token ids.
-  Then a learned BPE on both files: learning, then encoding.
+  Then a learned BPE on both files: learning, then encoding; then GPT-2's BPE on 200 MB of the text laid out as
+  paragraphs with blank lines between them and every line indented.
 - tokenizers (not part of 'all'): characters, learned BPEs of 512, 1024 and 2048 tokens, and GPT-2's BPE, each
   with the best CPU settings found, in val bits per byte and the wall time of prepare.py and train.py.
 - ablation (not part of 'all'): the character recipe with one of its parts taken out at a time.
@@ -356,6 +357,15 @@ def bench_prepare():
             print(f"bpe  {size:5.0f} MB: prepare.py {size / wall:6.1f} MB/s ({wall:5.1f}s, peak memory "
                   f"{peak:4.0f} MB), of which learning from train {learning:4.1f}s ({size * 0.9 / learning:4.1f} "
                   f"MB/s), encoding and writing {wall - learning:4.1f}s ({size / (wall - learning):4.1f} MB/s)")
+        # web text and verse: a blank line between the lines, and every line indented, so that no newline stands
+        # between two words
+        path, paragraphs = os.path.join(tmp, "paragraphs.txt"), text.replace("\n", "\n\n ")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(paragraphs * -(-char_megabytes * 10**6 // len(paragraphs)))
+        rows = [run_prepare([f"--input={path}", "--tokenizer=gpt2", "--dataset=paragraphs"], tmp) for _ in range(3)]
+        size, (wall, peak, _) = os.path.getsize(path) / 1e6, np.median(rows, axis=0)
+        print(f"gpt2 {size:5.0f} MB of paragraphs, lines indented: prepare.py {size / wall:6.1f} MB/s ({wall:5.1f}s, "
+              f"peak memory {peak:4.0f} MB)")
 
 
 def same_token_ids(a, b):

@@ -1,6 +1,7 @@
 """
-Export a model that train.py trained in Hugging Face's GPT-2 format: config.json and model.safetensors, and for a
-model with its own BPE (prepare.py --tokenizer=bpe) that tokenizer, as tokenizer.json and tokenizer_config.json.
+Export a model that train.py trained in Hugging Face's GPT-2 format: config.json, generation_config.json and
+model.safetensors, and for a model with its own BPE (prepare.py --tokenizer=bpe) that tokenizer, as tokenizer.json
+and tokenizer_config.json.
 
     python export.py                                        # out/ckpt.pt -> out/hf/
     python export.py --out_dir=out-big --export_dir=big-gpt2
@@ -8,7 +9,8 @@ model with its own BPE (prepare.py --tokenizer=bpe) that tokenizer, as tokenizer
 transformers reads the folder: GPT2LMHeadModel.from_pretrained("out/hf"), and AutoTokenizer.from_pretrained
 ("out/hf") for a model's own BPE or ("gpt2") for GPT-2's; so do train.py and sample.py (--init_from=out/hf) for
 GPT-2's. Character-level models are not exported. A model trained without biases gets zero biases, and a padded
-vocabulary stays padded: the exported model computes exactly what the checkpoint does. Needs safetensors.
+vocabulary stays padded: the exported model computes exactly what the checkpoint does, and generation_config.json
+keeps transformers' generate from drawing the padding ids. Needs safetensors.
 """
 
 import json
@@ -36,8 +38,9 @@ if tokenizer_spec["tokenizer"] == "char":
     raise UserError(f"{ckpt_path} is a char-level model: only BPE models, with GPT-2's BPE (prepare.py "
                     f"--tokenizer=gpt2) or one learned from the text (--tokenizer=bpe), can be exported in "
                     f"GPT-2's format")
-save_pretrained(model, export_dir, eot_id=tokenizer_spec["vocab_size"] - 1)
-print(f"wrote {export_dir}/config.json and model.safetensors ({model.get_num_params() / 1e6:.2f}M parameters)")
+save_pretrained(model, export_dir, tokenizer_spec["vocab_size"])
+print(f"wrote {export_dir}/config.json, generation_config.json and model.safetensors "
+      f"({model.get_num_params() / 1e6:.2f}M parameters)")
 if tokenizer_spec["tokenizer"] == "gpt2":
     print(f"sample from it with: python sample.py --init_from={export_dir}")
 else:  # the model's own BPE, in the files that AutoTokenizer reads

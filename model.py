@@ -201,12 +201,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, loss_reduction="mean"):
         """
         idx (B, T) token ids -> (logits, loss). With targets (B, T), logits for every position
-        and the mean cross-entropy (targets of -1 are ignored); without, logits for the last
-        position only (B, 1, vocab_size), which is all that sampling needs, and loss None.
-        With a KVCache, idx continues the tokens already cached.
+        and the mean cross-entropy (targets of -1 are ignored), or each token's (B * T,) with
+        loss_reduction="none"; without, logits for the last position only (B, 1, vocab_size),
+        which is all that sampling needs, and loss None. With a KVCache, idx continues the
+        tokens already cached.
         """
         device = idx.device
         B, T = idx.size()
@@ -229,7 +230,8 @@ class GPT(nn.Module):
             cache.length += T
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, vocab_size)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                                   reduction=loss_reduction)
         else:
             logits = self.lm_head(x[:, -1:, :])  # (B, 1, vocab_size)
             loss = None

@@ -156,8 +156,9 @@ def safe_parts(pieces):
     """(offset, text): the text of pieces, as one string, in parts that end where bpe_safe_cut allows."""
     pending, offset = "", 0
     for piece in pieces:
+        looked_at = max(len(pending) - 1, 0)  # before its last character, pending has no cut: it was looked at
         pending += piece
-        cut = bpe_safe_cut(pending)
+        cut = bpe_safe_cut(pending, looked_at)
         if cut:
             yield offset, pending[:cut]
             pending, offset = pending[cut:], offset + cut

@@ -28,14 +28,14 @@ from model import GPT, GPTConfig
 from smallgpt.checkpoint import (PRETRAINED_KEYS, load_training_state, read_for_resuming, restore_rng_states,
                                  rng_states, save_checkpoint, training_state)
 from smallgpt.configurator import configure, defaults_of
-from smallgpt.dataset import bits_per_byte, open_dataset
+from smallgpt.dataset import check_ids, loss_sums, open_dataset
 from smallgpt.devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir
 from smallgpt.hf_format import GPT2_MODELS
 from smallgpt.interrupts import catch_stop_signals, stop_requested
 from smallgpt.metrics import MetricsLog, format_duration
-from smallgpt.tokenizer import model_vocab_size
+from smallgpt.tokenizer import model_vocab_size, token_bytes
 
 # -----------------------------------------------------------------------------
 # default config values: a small character-level model that trains in a few minutes on a laptop CPU
@@ -108,7 +108,7 @@ if fsdp and muon_learning_rate:
                     "use DDP (fsdp=False) or muon_learning_rate=0")
 if compile not in (None, True, False):
     raise UserError(f"compile must be True or False, got {compile!r}")
-data_dir, tokenizer_spec, splits = open_dataset(dataset, block_size)
+data_dir, tokenizer_spec = open_dataset(dataset, block_size)
 
 # Ctrl-C or SIGTERM: finish the current step, save a checkpoint and exit (see smallgpt/interrupts.py)
 catch_stop_signals(announce=int(os.environ.get("RANK", 0)) == 0)
@@ -162,6 +162,7 @@ if master_process:
 torch.manual_seed(seed)  # the same initial weights in every process (FSDP shards them without a broadcast)
 torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later
 autocast = mixed_precision(device_type, dtype)
+byte_lengths = torch.tensor(token_bytes(tokenizer_spec), device=device)  # of each token id's text, for bits per byte
 
 # -----------------------------------------------------------------------------
 # data: random windows of block_size + 1 tokens, drawn from a seeded generator keyed by what the batch is for,
@@ -177,8 +178,9 @@ def get_batch(split, n, batch_index):
     data = np.memmap(path, dtype=np.uint16, mode="r")
     rng = np.random.default_rng([seed, SPLIT_STREAMS[split], batch_index])
     starts = rng.integers(0, len(data) - block_size, size=n)
-    windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (n, T+1)
-    x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    windows = data[starts[:, None] + np.arange(block_size + 1)]  # (n, T+1)
+    check_ids(windows, path, tokenizer_spec["vocab_size"])  # cheap, and an id beyond would crash the model
+    x, y = torch.from_numpy(windows[:, :-1].astype(np.int64)), torch.from_numpy(windows[:, 1:].astype(np.int64))
     if device_type == "cuda":
         # pinned memory lets the copy to the GPU run alongside the computation
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -263,22 +265,23 @@ if ddp and not fsdp:
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters fixed batches per split, shared out among the processes."""
-    out = {}
+    """Mean loss and bits per byte of text over eval_iters fixed batches per split, shared out among the processes."""
+    losses, bpb = {}, {}
     model.eval()
-    for split in ("train_eval", "val"):
-        total = torch.zeros((), device=device)
+    for name, split in (("train", "train_eval"), ("val", "val")):
+        sums = torch.zeros(3, device=device)  # the loss of every token, of those that carry bytes, and their bytes
         # every process runs as many forward passes, which FSDP needs; batches past eval_iters count for nothing
         for k in range(ddp_rank, math.ceil(eval_iters / ddp_world_size) * ddp_world_size, ddp_world_size):
             X, Y = get_batch(split, batch_size, k % eval_iters)
             with autocast:
-                _, loss = model(X, Y)
-            total += loss.float() * (k < eval_iters)
+                _, token_losses = model(X, Y, loss_reduction="none")
+            sums += torch.stack(loss_sums(token_losses.float(), Y, byte_lengths)) * (k < eval_iters)
         if ddp:
-            dist.all_reduce(total)
-        out["train" if split == "train_eval" else "val"] = total.item() / eval_iters
+            dist.all_reduce(sums)
+        loss, nats, nbytes = sums.tolist()
+        losses[name], bpb[name] = loss / (eval_iters * batch_size * block_size), nats / math.log(2) / max(nbytes, 1)
     model.train()
-    return out
+    return losses, bpb
 
 
 def get_lr(it):
@@ -334,8 +337,7 @@ while True:
     # evaluate the loss on train/val sets and write checkpoints
     at_interval = iter_num % eval_interval == 0 and (local_iter_num > 0 or eval_at_start)
     if at_interval or iter_num == max_iters or eval_only:
-        losses = estimate_loss()
-        bpb = {split: bits_per_byte(losses[split], splits[split]) for split in losses}  # of the UTF-8 text
+        losses, bpb = estimate_loss()  # bpb: bits per byte of the UTF-8 text, which compare across tokenizers
         check_finite(losses["val"], "val loss")
         improved = losses["val"] < best_val_loss and not eval_only
         if improved:

@@ -7,11 +7,11 @@ split holds: its tokens, the UTF-8 bytes of its text, and its largest token id.
   that matches meta.json, and no id beyond the vocabulary. Each failure is a UserError that names the file and
   the command that makes the folder again.
 - count_ids, split_stats: what meta.json records of a split, from its token ids.
-- bits_per_byte: a loss per token as bits per byte of text, which compares tokenizers on one scale.
+- check_ids: the ids of a batch, checked against the vocabulary (a .bin may change while a run reads it).
+- loss_sums: a batch's sums for bits per byte of text, which compare tokenizers on one scale.
 """
 
 import json
-import math
 import os
 
 import numpy as np
@@ -27,7 +27,7 @@ PREPARE_FLAGS = {"shakespeare_char": "", "shakespeare": " --tokenizer=gpt2", "sh
 
 
 def open_dataset(dataset, block_size):
-    """(data_dir, tokenizer spec, {split: stats}) of data/DATASET, checked (see above)."""
+    """(data_dir, tokenizer spec) of data/DATASET, checked (see above)."""
     data_dir = os.path.join("data", dataset)
     remake = "python prepare.py" + PREPARE_FLAGS.get(dataset, f" --input=YOUR_TEXT --dataset={dataset}")
     paths = {name: os.path.join(data_dir, name) for name in ("train.bin", "val.bin", "meta.json")}
@@ -65,7 +65,7 @@ def open_dataset(dataset, block_size):
         if n_tokens <= block_size:
             raise UserError(f"block_size={block_size} is too long for {path}, which has {n_tokens} tokens; "
                             f"use a smaller --block_size or more text")
-    return data_dir, tokenizer_spec, meta["splits"]
+    return data_dir, tokenizer_spec
 
 
 def has_split_record(meta):
@@ -78,8 +78,10 @@ def has_split_record(meta):
 
 def count_ids(path):
     """How often each uint16 id occurs in a .bin file, read in chunks with a progress bar."""
-    ids = np.memmap(path, dtype=np.uint16, mode="r")
     counts = np.zeros(65536, dtype=np.int64)
+    if os.path.getsize(path) == 0:  # which np.memmap cannot map
+        return counts
+    ids = np.memmap(path, dtype=np.uint16, mode="r")
     for start in tqdm(range(0, len(ids), CHUNK_IDS), desc=f"checking {path}", unit=" chunks", disable=None):
         counts += np.bincount(ids[start:start + CHUNK_IDS], minlength=65536)
     return counts
@@ -93,6 +95,19 @@ def split_stats(counts, tokenizer_spec):
             "max_id": int(present[-1]) if len(present) else -1}
 
 
-def bits_per_byte(loss, stats):
-    """A loss in nats per token of a split as bits per UTF-8 byte of its text, at the split's bytes per token."""
-    return loss / math.log(2) * stats["tokens"] / max(stats["bytes"], 1)
+def check_ids(ids, path, vocab_size):
+    """UserError if ids, read from path, hold one beyond the vocabulary: the file changed after it was checked."""
+    largest = int(ids.max())
+    if largest >= vocab_size:
+        raise UserError(f"{path} holds token id {largest}, beyond the {vocab_size} ids of its tokenizer: it changed "
+                        f"after prepare.py wrote it; make the folder again with python prepare.py")
+
+
+def loss_sums(token_losses, targets, byte_lengths):
+    """
+    (the loss of every token, the loss of the tokens that carry bytes, their bytes) of a batch, summed, from each
+    token's loss and the UTF-8 length of each token id's text. Bits per byte are the second over ln 2 and the
+    third, as nanochat counts them: <|endoftext|>, which stands for no text, counts in neither.
+    """
+    nbytes = byte_lengths[targets.view(-1)]
+    return token_losses.sum(), (token_losses * (nbytes > 0)).sum(), nbytes.sum()

@@ -55,6 +55,11 @@ def jsonl_documents(path):
             if not isinstance(text, str):
                 raise UserError(f"{path} line {line_number} has no \"text\" string: "
                                 f"each line must be like {{\"text\": \"...\"}}")
+            try:  # JSON's \ud800 escapes can make half of a surrogate pair, which no UTF-8 text holds
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise UserError(f"{path} line {line_number} has a lone surrogate ({text[e.start]!r}) in its "
+                                f"\"text\", which is not a character: remove it or replace it with \\ufffd") from None
             yield text
 
 

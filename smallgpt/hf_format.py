@@ -56,12 +56,13 @@ def load_pretrained(name_or_path, build_model):
     return model
 
 
-def save_pretrained(model, folder, eot_id=50256):
+def save_pretrained(model, folder, tokenizer_vocab_size=50257):
     """
     Write folder/config.json and folder/model.safetensors in Hugging Face's GPT-2 format, which transformers
-    (GPT2LMHeadModel.from_pretrained) and load_pretrained read; eot_id is the tokenizer's <|endoftext|>. GPT-2
-    has biases everywhere: a model without them gets zero biases, which compute the same. A model with an option
-    beyond GPT-2 (rotary, qk_norm, attn_scale) cannot be written so: UserError.
+    (GPT2LMHeadModel.from_pretrained) and load_pretrained read, and generation_config.json, which has transformers'
+    generate never draw the ids that pad the vocabulary beyond the tokenizer's tokenizer_vocab_size (the last of
+    which is <|endoftext|>). GPT-2 has biases everywhere: a model without them gets zero biases, which compute the
+    same. A model with an option beyond GPT-2 (rotary, qk_norm, attn_scale) cannot be written so: UserError.
     """
     cfg = model.config
     not_in_gpt2 = [name for name, on in (("rotary", cfg.rotary), ("qk_norm", cfg.qk_norm),
@@ -81,15 +82,18 @@ def save_pretrained(model, folder, eot_id=50256):
     config = dict(GPT2_DEFAULTS, architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
                   n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
                   activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
-                  attn_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, resid_pdrop=cfg.dropout, bos_token_id=eot_id,
-                  eos_token_id=eot_id)
+                  attn_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, resid_pdrop=cfg.dropout,
+                  bos_token_id=tokenizer_vocab_size - 1, eos_token_id=tokenizer_vocab_size - 1)
+    generation = dict(bos_token_id=tokenizer_vocab_size - 1, eos_token_id=tokenizer_vocab_size - 1,
+                      suppress_tokens=list(range(tokenizer_vocab_size, cfg.vocab_size)))
     make_dir(folder, "the model folder")
-    paths = [os.path.join(folder, name) for name in ("model.safetensors", "config.json")]
-    with replaced_atomically(*paths, what="model") as [weights_tmp, config_tmp]:
+    paths = [os.path.join(folder, name) for name in ("model.safetensors", "config.json", "generation_config.json")]
+    with replaced_atomically(*paths, what="model") as [weights_tmp, config_tmp, generation_tmp]:
         with open(weights_tmp, "wb") as f:  # written by Python, whose errors say what went wrong
             f.write(save(to_gpt2_names(state), metadata={"format": "pt"}))  # transformers wants the format
-        with open(config_tmp, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
+        for tmp, content in ((config_tmp, config), (generation_tmp, generation)):
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2)
 
 
 def pretrained_files(name_or_path):

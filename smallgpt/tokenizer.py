@@ -10,16 +10,18 @@ has one can encode and decode:
 - make_codec(spec): (encode, decode) between a text and a list of ids, for prompts and samples.
 - tokenizer_problem(spec): what is wrong with a spec read from a file, if anything.
 - model_vocab_size(spec), token_bytes(spec): the size of the model's embedding for a tokenizer; the length in
-  UTF-8 bytes of each token's text (a special token's is 0), for bits per byte.
+  UTF-8 bytes of each token's text (a special token's is 0), for bits per byte (GPT-2's: gpt2_token_bytes.npy).
 - char_spec, char_lookup, code_points: the char tokenizer of an alphabet, and its fast encoding with numpy.
 - tiktoken_encoding(spec), bpe_safe_cut: tiktoken's encoding of a BPE, GPT-2's or learned (both split text with
   GPT-2's pre-tokenizer), and where a text can be cut without changing its tokens.
-- learn_bpe, hf_tokenizer: learning a BPE with Hugging Face's tokenizers, and the BPE as one of its tokenizers,
-  which transformers loads (export.py).
+- learn_bpe, bpe_spec, hf_tokenizer: learning a BPE with Hugging Face's tokenizers, its merges checked, and the
+  BPE as one of its tokenizers, which transformers loads (export.py).
 """
 
 import json
 import math
+import os
+import re
 import sys
 import time
 
@@ -28,11 +30,21 @@ import numpy as np
 from smallgpt.errors import UserError
 
 GPT2_SPEC = {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}
+GPT2_TOKEN_BYTES = os.path.join(os.path.dirname(__file__), "gpt2_token_bytes.npy")  # each token's length, uint8
 TOKENIZERS = ("char", "gpt2", "bpe")
 EOT = "<|endoftext|>"
 LEARNING_PIECE = 1 << 16  # characters handed to the BPE trainer at a time
 # GPT-2's pre-tokenizer, which Hugging Face's ByteLevel uses too: BPE merges never cross these pieces
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Where a text can be cut without changing its tokens under GPT2_PATTERN: where a run of whitespace begins after
+# a non-space character (no piece reaches from a non-space character into whitespace), or between two ASCII
+# characters of different kinds (letter, digit, other), the first not ' (which begins 's, 't, ...). Whitespace is
+# Unicode's White_Space, what \s matches there (Python's isspace also takes \x1c-\x1f); other characters are
+# not cut between, as their kinds may differ between Unicode versions.
+WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+ASCII_OTHER = "\x00-\x08\x0e-\x1f!-&(-/:-@\\[-`{-\x7f"  # neither letter, digit, whitespace nor '
+SAFE_CUT = re.compile(f"(?<=[^{WHITESPACE}])(?=[{WHITESPACE}])|(?<=[A-Za-z])(?=[0-9'{ASCII_OTHER}])"
+                      f"|(?<=[0-9])(?=[A-Za-z'{ASCII_OTHER}])|(?<=[{ASCII_OTHER}])(?=[A-Za-z0-9])")
 
 
 def make_codec(spec):
@@ -83,8 +95,8 @@ def token_bytes(spec):
         return np.array([len(c.encode("utf-8")) for c in spec["chars"]])
     if spec["tokenizer"] == "bpe":
         return np.array([len(piece) for piece in bpe_pieces(spec["merges"])] + [0])
-    enc = tiktoken_encoding(spec)
-    return np.array([0 if i == enc.eot_token else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)])
+    # GPT-2's, from the table beside this file, so that a data folder of GPT-2 tokens needs none of its BPE files
+    return np.load(GPT2_TOKEN_BYTES, allow_pickle=False).astype(np.int64)
 
 
 def char_spec(alphabet, source):
@@ -115,9 +127,10 @@ def tiktoken_encoding(spec):
     import tiktoken
     if spec["tokenizer"] == "bpe":
         ranks = {piece: i for i, piece in enumerate(bpe_pieces(spec["merges"]))}
-        return tiktoken.Encoding(f"bpe{spec['vocab_size']}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                 special_tokens={EOT: spec["vocab_size"] - 1})
-    enc = tiktoken.get_encoding("gpt2")
+        enc = tiktoken.Encoding(f"bpe{spec['vocab_size']}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                special_tokens={EOT: spec["vocab_size"] - 1})
+    else:
+        enc = tiktoken.get_encoding("gpt2")
     # tiktoken before 0.11 turns the text "<|endoftext|>" into the special token even when told not to
     if enc.encode_to_numpy(EOT, disallowed_special=()).tolist() != enc.encode_ordinary(EOT):
         raise UserError(f"tiktoken {tiktoken.__version__} encodes the text {EOT} as a special token: "
@@ -133,18 +146,19 @@ def bpe_pieces(merges):
     return pieces
 
 
-def bpe_safe_cut(text):
+def bpe_safe_cut(text, start=0):
     """
-    The last index at which text can be cut without changing its tokens, or 0 if there is none.
-    GPT-2's pre-tokenizer never joins a lone newline between two non-space characters to its
-    neighbours, so "...x\\n|y..." tokenizes the same in one piece or in two.
+    The last index from start on at which text can be cut without changing its tokens (see SAFE_CUT), or 0 if
+    there is none. It looks back from the end, where the last cut nearly always is, so that a long text costs
+    no more than a short one.
     """
-    i = text.rfind("\n", 0, len(text) - 1)
-    while i > 0:
-        if not text[i - 1].isspace() and not text[i + 1].isspace():
-            return i + 1
-        i = text.rfind("\n", 0, i)
-    return 0
+    window = 1 << 12
+    while True:
+        low = max(len(text) - window, start)
+        cuts = [match.start() for match in SAFE_CUT.finditer(text, low)]
+        if cuts or low == start:
+            return cuts[-1] if cuts else 0
+        window *= 4
 
 
 # -----------------------------------------------------------------------------
@@ -162,18 +176,31 @@ def learn_bpe(texts, vocab_size, source):
     # the trainer reads a few hundred texts ahead: pieces of 64K characters keep that to tens of megabytes
     pieces = (text[i:i + LEARNING_PIECE] for text in texts for i in range(0, len(text), LEARNING_PIECE))
     tokenizer.train_from_iterator(pieces, trainer)
+    spec = bpe_spec(json.loads(tokenizer.to_str())["model"]["merges"], vocab_size, source)
+    print(f"learned a BPE of {vocab_size} tokens from {source}'s training split in {time.time() - start:.1f}s")
+    return spec
+
+
+def bpe_spec(hf_merges, vocab_size, source):
+    """
+    The spec of the BPE that the trainer learned from source, from its merges under Hugging Face's names, checked
+    as a meta.json read back is, so that a vocabulary that cannot be used is never written.
+    """
     ids = {char: byte for byte, char in byte_names().items()}  # Hugging Face's name of each token -> our id
     merges = []
-    for pair in json.loads(tokenizer.to_str())["model"]["merges"]:
+    for pair in hf_merges:
         a, b = pair.split(" ") if isinstance(pair, str) else pair  # older versions write "a b"
         ids[a + b] = 256 + len(merges)
-        merges.append([ids[a], ids[b]])
+        merges.append([ids.get(a, -1), ids.get(b, -1)])
     if len(merges) < vocab_size - 257:
         raise UserError(f"the training split of {source} is too short to learn the {vocab_size - 257} merges of a "
                         f"{vocab_size}-token BPE: it has pairs for {len(merges)}; "
                         f"use --vocab_size={257 + len(merges)} or less")
-    print(f"learned a BPE of {vocab_size} tokens from {source}'s training split in {time.time() - start:.1f}s")
-    return {"tokenizer": "bpe", "vocab_size": vocab_size, "merges": merges}
+    spec = {"tokenizer": "bpe", "vocab_size": vocab_size, "merges": merges}
+    problem = tokenizer_problem(spec)
+    if problem:
+        raise UserError(f"the BPE that tokenizers learned from {source} {problem}; nothing was written")
+    return spec
 
 
 def hf_tokenizer(spec):

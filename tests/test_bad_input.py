@@ -133,7 +133,8 @@ def test_a_full_disk_or_a_file_in_the_way_while_exporting(tmp_path):
                 "tokenizer": {"tokenizer": "gpt2", "vocab_size": 50257, "encoding": "gpt2"}},
                tmp_path / "out" / "ckpt.pt")
     result = run_script("export.py", cwd=tmp_path, max_file_size=1_000_000)  # the weights take 13 MB
-    assert_clean_error(result, "could not write model out/hf/model.safetensors, out/hf/config.json: File too large")
+    assert_clean_error(result, "could not write model out/hf/model.safetensors, out/hf/config.json, "
+                               "out/hf/generation_config.json: File too large")
     assert not list((tmp_path / "out" / "hf").iterdir())
     (tmp_path / "plain").write_text("a file")
     with inside(tmp_path):

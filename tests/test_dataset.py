@@ -1,12 +1,16 @@
 """smallgpt/dataset.py: a data folder is checked before training starts, each failure one line naming the file."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
+import torch
 
-from conftest import TINY, assert_clean_error, inside, run_script, user_error
-from smallgpt.dataset import open_dataset
+from conftest import (TINY, assert_clean_error, inside, needs_gpt2_bpe, prepare_in, run_script, sample_text,
+                      user_error)
+from smallgpt.dataset import loss_sums, open_dataset
+from smallgpt.tokenizer import GPT2_TOKEN_BYTES
 
 
 def files_in(folder):
@@ -63,7 +67,7 @@ def test_a_folder_prepared_without_the_record_is_counted_once_and_recorded(char_
     assert record["val"] == {"tokens": 4000, "bytes": 4000, "max_id": max_id}
     edit_meta(folder, lambda m: m.pop("splits"))
     with inside(char_data):
-        assert open_dataset("shakespeare_char", block_size=32)[2] == record
+        open_dataset("shakespeare_char", block_size=32)
     assert json.loads((folder / "meta.json").read_text(encoding="utf-8"))["splits"] == record
     # ids beyond the vocabulary are found the same way, in a folder without the record
     edit_meta(folder, lambda m: (m.pop("splits"), smaller_vocabulary(m)))
@@ -79,3 +83,48 @@ def test_train_py_trains_on_a_folder_prepared_without_the_record(char_data):
     result = run_script("train.py", *TINY, "--max_iters=2", "--eval_interval=2", cwd=char_data)
     assert result.returncode == 0, result.stderr
     assert json.loads((folder / "meta.json").read_text(encoding="utf-8"))["splits"] == record
+
+
+def test_an_empty_split_in_a_folder_without_the_record_is_too_short(char_data):
+    folder = char_data / "data" / "shakespeare_char"
+    edit_meta(folder, lambda m: m.pop("splits"))
+    (folder / "val.bin").write_bytes(b"")
+    with inside(char_data):
+        user_error(lambda: open_dataset("shakespeare_char", block_size=32),
+                   "block_size=32 is too long for data/shakespeare_char/val.bin, which has 0 tokens")
+
+
+@needs_gpt2_bpe
+def test_a_gpt2_folder_without_the_record_needs_no_bpe_files(tmp_path, monkeypatch):
+    """Folders made before the record was kept are counted with gpt2_token_bytes.npy, not with tiktoken's files."""
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    table = np.load(GPT2_TOKEN_BYTES, allow_pickle=False)
+    assert table.tolist() == [0 if i == enc.eot_token else len(enc.decode_single_token_bytes(i))
+                              for i in range(enc.n_vocab)]
+    (tmp_path / "t.txt").write_text(sample_text(20_000), encoding="utf-8")
+    prepare_in(tmp_path, "--input=t.txt", "--tokenizer=gpt2")
+    folder = tmp_path / "data" / "t"
+    record = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["splits"]
+    edit_meta(folder, lambda m: m.pop("splits"))
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # as if its BPE files could not be had
+    with inside(tmp_path):
+        open_dataset("t", block_size=32)
+    assert json.loads((folder / "meta.json").read_text(encoding="utf-8"))["splits"] == record
+
+
+@pytest.mark.slow
+def test_an_id_beyond_the_vocabulary_written_after_prepare_is_caught_in_a_batch(char_data):
+    """meta.json's record says the ids are fine; the batch that meets the changed file says otherwise."""
+    path = char_data / "data" / "shakespeare_char" / "train.bin"
+    np.full(path.stat().st_size // 2, 999, dtype=np.uint16).tofile(path)
+    assert_clean_error(run_script("train.py", *TINY, "--max_iters=2", cwd=char_data),
+                       "data/shakespeare_char/train.bin holds token id 999, beyond the", "make the folder again")
+
+
+def test_bits_per_byte_count_the_tokens_that_carry_text_alone():
+    """As nanochat counts: <|endoftext|> stands for no text, so neither its loss nor any bytes count."""
+    byte_lengths = torch.tensor([1, 2, 4, 0])  # token 3 is <|endoftext|>
+    targets = torch.tensor([[0, 1, 3], [2, 3, 0]])
+    loss, nats, nbytes = loss_sums(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), targets, byte_lengths)
+    assert (loss.item(), nats.item(), nbytes.item()) == (21.0, 1.0 + 2.0 + 4.0 + 6.0, 1 + 2 + 4 + 1)

@@ -103,7 +103,8 @@ def test_save_pretrained_is_read_by_transformers_and_back(tmp_path, bias, activa
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=71, bias=bias,
                           activation=activation))
     save_pretrained(model, str(tmp_path / "hf"))
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "generation_config.json",
+                                                                  "model.safetensors"]
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["n_positions"] == 24 and config["vocab_size"] == 71
     assert config["activation_function"] == hf_activation
@@ -112,6 +113,22 @@ def test_save_pretrained_is_read_by_transformers_and_back(tmp_path, bias, activa
         expected = our_logits(model, idx)
         assert torch.allclose(GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()(idx).logits, expected, atol=1e-5)
         assert torch.equal(our_logits(GPT.from_pretrained(str(tmp_path / "hf")), idx), expected)
+
+
+def test_transformers_never_generates_the_ids_that_pad_an_exported_vocabulary(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=320, bias=True))
+    with torch.no_grad():  # every position ends as all ones, which the padding ids 300-319 match best
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.wte.weight[300:] = 10.0
+    save_pretrained(model, str(tmp_path), tokenizer_vocab_size=300)
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    prompt = torch.tensor([[1, 2]])
+    assert hf(prompt).logits[0, -1].argmax() >= 300  # left to the logits, the padding would be drawn
+    for sampling in (dict(do_sample=False), dict(do_sample=True, top_k=0)):
+        generated = hf.generate(prompt, max_new_tokens=8, attention_mask=torch.ones_like(prompt), **sampling)
+        assert generated[0, 2:].max() < 300 and hf.generation_config.eos_token_id == 299
 
 
 def test_a_gpt2_with_the_exact_gelu_loads_with_it(tmp_path):
@@ -239,7 +256,7 @@ def test_finetune_config_on_a_folder_then_resume_export_and_evaluate(gpt2_data, 
 
     result = run_script("export.py", cwd=gpt2_data)
     assert result.returncode == 0, result.stderr
-    assert "wrote out/hf/config.json and model.safetensors" in result.stdout
+    assert "wrote out/hf/config.json, generation_config.json and model.safetensors" in result.stdout
     model, _ = load_checkpoint(str(ckpt_path))
     exported = GPT2LMHeadModel.from_pretrained(gpt2_data / "out" / "hf").eval()
     idx = torch.randint(50257, (2, 16))

@@ -269,6 +269,15 @@ def test_bad_documents_are_clean_errors_and_keep_existing_files(tmp_path, name, 
     assert [p.name for p in folder.iterdir()] == ["meta.json"] and (folder / "meta.json").read_text() == "old"
 
 
+@pytest.mark.parametrize("tokenizer", ["char", pytest.param("gpt2", marks=needs_gpt2_bpe), "bpe"])
+def test_a_lone_surrogate_in_a_document_is_refused_with_its_line(tmp_path, tokenizer):
+    """json.loads reads "\\ud800" as half a surrogate pair, which no tokenizer can encode."""
+    (tmp_path / "d.jsonl").write_text('{"text": "caf\\u00e9 \\ud83d\\ude00"}\n{"text": "caf\\ud800"}\n' * 20)
+    user_error(lambda: prepare_in(tmp_path, "--input=d.jsonl", f"--tokenizer={tokenizer}", "--vocab_size=257"),
+               "d.jsonl line 2 has a lone surrogate ('\\ud800') in its \"text\"", "replace it with \\ufffd")
+    assert not list((tmp_path / "data").rglob("*.bin"))
+
+
 @pytest.mark.slow
 def test_a_hugging_face_dataset_that_cannot_be_read_is_a_clean_error(tmp_path):
     pytest.importorskip("datasets")

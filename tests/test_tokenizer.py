@@ -3,16 +3,20 @@ A BPE learned from the text (prepare.py --tokenizer=bpe): learning from the trai
 trips, bits per byte, sampling and exporting with it, and its bad input.
 """
 
+import io
 import json
 import math
 import shutil
+from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
 
-from conftest import TINY, assert_clean_error, inside, prepare_in, run_script, sample_text, user_error
+import prepare
+from conftest import TINY, assert_clean_error, inside, needs_gpt2_bpe, prepare_in, run_script, sample_text, user_error
 from smallgpt.dataset import open_dataset
-from smallgpt.tokenizer import bpe_pieces, make_codec, tokenizer_problem
+from smallgpt.tokenizer import (GPT2_SPEC, SAFE_CUT, bpe_pieces, bpe_safe_cut, bpe_spec, learn_bpe, make_codec,
+                                tiktoken_encoding, tokenizer_problem)
 
 WORLD = "Ça va? Naïve café, Øresund — 東京は晴れ、雨のち雪。 🌸👩‍👩‍👧 ROMEO:\n\n\tend <|endoftext|> ok"
 
@@ -33,6 +37,38 @@ def bpe_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bpe")
     prepare_bpe(folder, sample_text())
     return folder
+
+
+# characters and strings that GPT-2's pre-tokenizer treats in every way it has: letters, digits and others, ASCII
+# or not, contractions, whitespace that Python's isspace and the pattern's \s agree or disagree on, combining marks
+ADVERSARIAL = [*"ab Z9'.,-_{}\"\n\t\r\x0b\x0c\x1c\x1f\x85\xa0\u3000\u200bé\u0301東٣🙂", "'s", "'ll", "'t", "  ",
+               "\n\n", " \n ", "12", " '", "<|endoftext|>"]
+
+
+@needs_gpt2_bpe
+def test_every_safe_cut_keeps_the_tokens_of_gpt2_and_of_a_learned_bpe():
+    rng = np.random.default_rng(0)
+    # a BPE learned from such text merges across every boundary the pre-tokenizer allows: a cut anywhere else shows
+    with redirect_stdout(io.StringIO()):
+        learned = learn_bpe(("".join(rng.choice(ADVERSARIAL, size=200)) for _ in range(2000)), 2000, "text")
+    for spec in (GPT2_SPEC, learned):
+        enc = tiktoken_encoding(spec)
+        for trial in range(300):
+            text = "".join(rng.choice(ADVERSARIAL, size=rng.integers(1, 120)))
+            cuts = [0, *(match.start() for match in SAFE_CUT.finditer(text)), len(text)]
+            parts = [text[start:end] for start, end in zip(cuts, cuts[1:])]
+            assert [t for part in parts for t in enc.encode_ordinary(part)] == enc.encode_ordinary(text), text
+
+
+@pytest.mark.parametrize("line", ["a paragraph of web text, one per line\n\n", " an indented line of verse\n",
+                                  '{"minified":["json",1,2.5e3,null]},'])
+def test_texts_without_a_newline_between_words_are_still_cut_into_small_parts(line):
+    """Blank lines between paragraphs, lines that start with a space, no whitespace at all: parts stay small."""
+    pieces = [line * 100] * 1000  # 1,000 pieces of about 4 KB
+    parts = [text for _, text in prepare.safe_parts(pieces)]
+    assert "".join(parts) == line * 100_000
+    assert max(len(text) for text in parts) <= len(line) * 100
+    assert bpe_safe_cut("x" * 100_000) == 0 and bpe_safe_cut("x" * 100_000 + " y", start=99_000) == 100_000
 
 
 def test_the_bpe_is_learned_from_the_training_split_alone(tmp_path):
@@ -114,7 +150,9 @@ def test_bits_per_byte_of_a_bpe_model_counts_the_bytes_of_its_tokens(bpe_trained
     for split, part in (("train", text[:n_train]), ("val", text[n_train:])):
         tokens_per_byte = len(ids_of(tmp_path, split)) / len(part.encode("utf-8"))
         assert tokens_per_byte < 0.8  # the merges shorten the text
-        assert record[f"{split}_bpb"] == pytest.approx(record[f"{split}_loss"] / math.log(2) * tokens_per_byte)
+        # the bytes are those of the evaluated tokens, whose bytes per token are about the split's
+        assert record[f"{split}_bpb"] == pytest.approx(record[f"{split}_loss"] / math.log(2) * tokens_per_byte,
+                                                       rel=0.05)
 
 
 @pytest.mark.slow
@@ -197,3 +235,25 @@ def test_resuming_on_a_dataset_of_another_tokenizer_is_refused(bpe_data, tmp_pat
     result = run_script("train.py", *TINY, "--dataset=t_bpe", "--init_from=resume", "--max_iters=4", cwd=tmp_path)
     assert_clean_error(result, "cannot resume", "another tokenizer (char, ", "than data/t_bpe's (bpe, 300 tokens)")
     assert (tmp_path / "out" / "ckpt.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("which", ["learned", pytest.param("gpt2", marks=needs_gpt2_bpe)])
+def test_a_tiktoken_that_turns_the_text_endoftext_into_the_token_is_refused(bpe_data, monkeypatch, which):
+    """What tiktoken before 0.11 did, for GPT-2's BPE and a learned one alike: false document boundaries."""
+    import tiktoken
+    spec = json.loads((bpe_data / "data" / "t_bpe" / "meta.json").read_text(encoding="utf-8"))
+    spec = spec if which == "learned" else GPT2_SPEC
+    encode = tiktoken.Encoding.encode_to_numpy
+    monkeypatch.setattr(tiktoken.Encoding, "encode_to_numpy",
+                        lambda self, text, **kwargs: encode(self, text, allowed_special="all"))
+    user_error(lambda: tiktoken_encoding(spec), "encodes the text <|endoftext|> as a special token",
+               "pip install 'tiktoken>=0.11'")
+
+
+@pytest.mark.parametrize("hf_merges", [[["a", "b"], ["a", "b"]],  # one token made twice
+                                       [["a", "b"], ["ab", "qq"]],  # a token that was never made
+                                       [["a", "b"], ["ab", "c"], ["a", "bc"]]])  # more merges than asked
+def test_merges_that_make_no_usable_vocabulary_are_never_written(hf_merges):
+    user_error(lambda: bpe_spec(hf_merges, 259, "t.txt"), "the BPE that tokenizers learned from t.txt needs \"merges\"",
+               "nothing was written")
+    assert bpe_spec([["a", "b"], ["ab", "c"]], 259, "t.txt")["merges"] == [[97, 98], [256, 99]]
