@@ -6,7 +6,8 @@ Sample text from a model that train.py trained, or from OpenAI's GPT-2.
     python sample.py --out_dir=out-big --temperature=0.5 --top_p=0.9 --seed=7
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
     python sample.py --init_from=path/to/folder              # a model in Hugging Face's GPT-2 format
-    # GPT-2's weights are downloaded from the Hugging Face Hub, which caches them; they use GPT-2's BPE
+    # GPT-2's weights are downloaded from the Hugging Face Hub, which caches them; they use GPT-2's BPE, and so
+    # does a folder, unless it holds the tokenizer.json of a BPE that export.py wrote
 
 The checkpoint carries the model and its tokenizer, so out_dir is all this needs: the data folder may
 be gone. Each sample is printed, then a separator line; a single sample is printed as
@@ -24,7 +25,7 @@ from smallgpt.configurator import configure, defaults_of
 from smallgpt.devices import mixed_precision, resolve_device, resolve_dtype
 from smallgpt.errors import UserError
 from smallgpt.files import read_text
-from smallgpt.hf_format import GPT2_MODELS
+from smallgpt.hf_format import GPT2_MODELS, pretrained_tokenizer
 from smallgpt.tokenizer import GPT2_SPEC, make_codec
 
 # -----------------------------------------------------------------------------
@@ -62,10 +63,12 @@ autocast = mixed_precision(device_type, dtype)
 if init_from == "resume":
     model, tokenizer_spec = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
 else:
-    model, tokenizer_spec = GPT.from_pretrained(init_from), GPT2_SPEC
+    tokenizer_spec = pretrained_tokenizer(init_from)  # GPT-2's, or a BPE of ours in the folder's tokenizer.json
+    model = GPT.from_pretrained(init_from)
 if model.config.vocab_size < tokenizer_spec["vocab_size"]:
-    raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than GPT-2's "
-                    f"{tokenizer_spec['vocab_size']}: it is not a GPT-2-tokenized model")
+    tokenizer = "GPT-2's" if tokenizer_spec == GPT2_SPEC else "its tokenizer's"
+    raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than {tokenizer} "
+                    f"{tokenizer_spec['vocab_size']}: it is not a model of that tokenizer")
 model.eval()
 model.to(device)
 if device_type == "cpu":

@@ -32,7 +32,7 @@ from smallgpt.dataset import check_ids, loss_sums, open_dataset
 from smallgpt.devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir
-from smallgpt.hf_format import GPT2_MODELS
+from smallgpt.hf_format import GPT2_MODELS, check_pretrained_tokenizer
 from smallgpt.interrupts import catch_stop_signals, stop_requested
 from smallgpt.metrics import MetricsLog, format_duration
 from smallgpt.tokenizer import model_vocab_size, token_bytes
@@ -215,13 +215,10 @@ if init_from == "resume":
     if master_process:
         print(f"resuming from {ckpt_path} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
 
-if pretrained and tokenizer_spec["tokenizer"] != "gpt2":
-    raise UserError(f"{pretrained}'s weights need a dataset tokenized with GPT-2's BPE, but {data_dir} uses the "
-                    f"{tokenizer_spec['tokenizer']} tokenizer; make one with: "
-                    f"python prepare.py --input=YOUR_TEXT --tokenizer=gpt2")
 if init_from in ("scratch", "resume"):
     model = GPT(GPTConfig(**model_args))
 else:
+    check_pretrained_tokenizer(init_from, tokenizer_spec, data_dir)  # the weights were trained on its ids
     model = GPT.from_pretrained(init_from, dict(dropout=dropout))
     if model.config.vocab_size < tokenizer_spec["vocab_size"]:
         raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than the "

@@ -5,6 +5,8 @@ pytorch_model.bin), under transformers' names, as GPT2LMHeadModel.save_pretraine
 - load_pretrained: OpenAI's GPT-2 weights ('gpt2' ... 'gpt2-xl', downloaded from the Hugging Face Hub and cached
   there) or a local folder, into a model that GPT.from_pretrained builds (so this file needs no import of it).
 - save_pretrained: a GPT in that format, for transformers and load_pretrained (export.py).
+- pretrained_tokenizer, check_pretrained_tokenizer: the spec of the tokenizer that a pretrained model's ids are
+  of (GPT-2's, or the BPE in a folder's tokenizer.json that export.py wrote), and that a dataset uses it.
 Reading the weights needs safetensors and downloading them huggingface_hub (pip install -r
 requirements-gpt2.txt); both are imported only when used. pytorch_model.bin is read with weights_only=True.
 """
@@ -16,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from smallgpt.errors import UserError
-from smallgpt.files import make_dir, replaced_atomically
+from smallgpt.files import make_dir, read_text, replaced_atomically
+from smallgpt.tokenizer import EOT, GPT2_SPEC, bpe_pieces, bpe_spec, byte_names
 
 # OpenAI's GPT-2 models, as the Hugging Face Hub names them
 GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -94,6 +97,45 @@ def save_pretrained(model, folder, tokenizer_vocab_size=50257):
         for tmp, content in ((config_tmp, config), (generation_tmp, generation)):
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(content, f, indent=2)
+
+
+def pretrained_tokenizer(name_or_path):
+    """
+    The spec of the tokenizer whose ids a pretrained model reads: the byte-level BPE of a folder's tokenizer.json
+    as export.py writes it, else GPT-2's (OpenAI's models, folders without tokenizer.json, GPT-2's tokenizer.json).
+    UserError for a tokenizer.json that is neither.
+    """
+    path = os.path.join(name_or_path, "tokenizer.json")
+    if not os.path.isfile(path):
+        return GPT2_SPEC
+    vocab = None
+    try:
+        model = json.loads(read_text(path, "tokenizer file"))["model"]
+        vocab = model["vocab"]  # Hugging Face's name of each token -> its id; <|endoftext|> is added after them
+        names = byte_names()
+        spec = bpe_spec(model["merges"], len(vocab) + 1, path)
+        if vocab == {"".join(names[b] for b in piece): i for i, piece in enumerate(bpe_pieces(spec["merges"]))}:
+            return spec
+    except (ValueError, KeyError, TypeError, UserError):  # not JSON, not a BPE, or not laid out as export.py does
+        pass
+    if isinstance(vocab, dict) and len(vocab) == 50257 and vocab.get(EOT) == 50256:
+        return GPT2_SPEC
+    raise UserError(f"{path} is neither a byte-level BPE as export.py writes it nor GPT-2's: no tokenizer here can "
+                    f"read or write this model's ids")
+
+
+def check_pretrained_tokenizer(name_or_path, tokenizer_spec, data_dir):
+    """UserError unless data_dir's tokenizer_spec is the tokenizer whose ids the pretrained model reads."""
+    pretrained = pretrained_tokenizer(name_or_path)
+    if tokenizer_spec == pretrained:
+        return
+    if pretrained == GPT2_SPEC:
+        raise UserError(f"{name_or_path}'s weights need a dataset tokenized with GPT-2's BPE, but {data_dir} uses the "
+                        f"{tokenizer_spec['tokenizer']} tokenizer; make one with: "
+                        f"python prepare.py --input=YOUR_TEXT --tokenizer=gpt2")
+    raise UserError(f"{name_or_path}'s weights need a dataset tokenized with the BPE of its tokenizer.json "
+                    f"({pretrained['vocab_size']} tokens), but {data_dir} uses another tokenizer "
+                    f"({tokenizer_spec['tokenizer']}, {tokenizer_spec['vocab_size']} tokens)")
 
 
 def pretrained_files(name_or_path):

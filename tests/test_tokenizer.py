@@ -15,8 +15,9 @@ import pytest
 import prepare
 from conftest import TINY, assert_clean_error, inside, needs_gpt2_bpe, prepare_in, run_script, sample_text, user_error
 from smallgpt.dataset import open_dataset
-from smallgpt.tokenizer import (GPT2_SPEC, SAFE_CUT, bpe_pieces, bpe_safe_cut, bpe_spec, learn_bpe, make_codec,
-                                tiktoken_encoding, tokenizer_problem)
+from smallgpt.hf_format import check_pretrained_tokenizer, pretrained_tokenizer
+from smallgpt.tokenizer import (GPT2_SPEC, SAFE_CUT, bpe_pieces, bpe_safe_cut, bpe_spec, hf_tokenizer, learn_bpe,
+                                make_codec, tiktoken_encoding, tokenizer_problem)
 
 WORLD = "Ça va? Naïve café, Øresund — 東京は晴れ、雨のち雪。 🌸👩‍👩‍👧 ROMEO:\n\n\tend <|endoftext|> ok"
 
@@ -184,6 +185,34 @@ def test_export_writes_the_tokenizer_that_transformers_loads(bpe_trained, tmp_pa
     assert hf.eos_token_id == meta["vocab_size"] - 1
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "hf")
     assert model.config.eos_token_id == meta["vocab_size"] - 1
+    # the folder's tokenizer.json is the model's own BPE for sample.py and train.py too
+    assert pretrained_tokenizer(str(tmp_path / "out" / "hf")) == {k: v for k, v in meta.items() if k != "splits"}
+    result = run_script("sample.py", "--init_from=out/hf", "--start=ROMEO: 東京", "--num_samples=1",
+                        "--max_new_tokens=20", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("ROMEO: 東京"), result.stderr
+    result = run_script("train.py", *TINY, "--init_from=out/hf", "--dataset=t_bpe", "--max_iters=2",
+                        "--out_dir=finetuned", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_tokenizer_json_that_is_not_a_bpe_of_ours_nor_gpt2s_is_refused(tmp_path, bpe_data):
+    meta = json.loads((bpe_data / "data" / "t_bpe" / "meta.json").read_text(encoding="utf-8"))
+    spec = {key: value for key, value in meta.items() if key != "splits"}
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {"a": 0}}}))
+    user_error(lambda: pretrained_tokenizer(str(tmp_path)), "tokenizer.json is neither a byte-level BPE as export.py "
+                                                              "writes it nor GPT-2's")
+    # GPT-2's own tokenizer.json: 50,257 tokens, <|endoftext|> the last
+    vocab = {**{f"t{i}": i for i in range(50256)}, "<|endoftext|>": 50256}
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []}}))
+    assert pretrained_tokenizer(str(tmp_path)) == GPT2_SPEC
+    user_error(lambda: check_pretrained_tokenizer(str(tmp_path), spec, "data/t_bpe"),
+               "weights need a dataset tokenized with GPT-2's BPE, but data/t_bpe uses the bpe tokenizer")
+    hf_tokenizer(spec).save(str(tmp_path / "tokenizer.json"))  # as export.py writes it
+    assert pretrained_tokenizer(str(tmp_path)) == spec
+    check_pretrained_tokenizer(str(tmp_path), spec, "data/t_bpe")
+    user_error(lambda: check_pretrained_tokenizer(str(tmp_path), GPT2_SPEC, "data/t"),
+               "need a dataset tokenized with the BPE of its tokenizer.json (300 tokens), but data/t uses another "
+               "tokenizer (gpt2, 50257 tokens)")
 
 
 @pytest.mark.parametrize("args, fragments", [
