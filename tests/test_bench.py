@@ -26,9 +26,10 @@ def test_prepare_part_writes_the_same_ids_as_nanogpts_way(char_data):
     shutil.copy(char_data / "text.txt", char_data / "data" / "shakespeare_char" / "input.txt")
     out = bench(char_data, "--part=prepare", "--char_megabytes=1", "--gpt2_megabytes=1")
     lines = [line for line in out.splitlines() if "MB/s" in line]
-    assert [line.split()[0] for line in lines] == ["char", "gpt2", "bpe", "bpe"]
+    assert [line.split()[0] for line in lines] == ["char", "gpt2", "bpe", "bpe", "gpt2"]
     assert all("same token ids: yes" in line for line in lines[:2])
-    assert all("peak memory" in line and "learning from train" in line for line in lines[2:])
+    assert all("peak memory" in line and "learning from train" in line for line in lines[2:4])
+    assert "MB of paragraphs, lines indented" in lines[4] and "peak memory" in lines[4]
 
 
 @pytest.mark.slow
