@@ -66,8 +66,8 @@ else:
     tokenizer_spec = pretrained_tokenizer(init_from)  # GPT-2's, or a BPE of ours in the folder's tokenizer.json
     model = GPT.from_pretrained(init_from)
 if model.config.vocab_size < tokenizer_spec["vocab_size"]:
-    tokenizer = "GPT-2's" if tokenizer_spec == GPT2_SPEC else "its tokenizer's"
-    raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than {tokenizer} "
+    whose = "GPT-2's" if tokenizer_spec == GPT2_SPEC else "its tokenizer's"
+    raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than {whose} "
                     f"{tokenizer_spec['vocab_size']}: it is not a model of that tokenizer")
 model.eval()
 model.to(device)

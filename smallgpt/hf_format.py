@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir, read_text, replaced_atomically
-from smallgpt.tokenizer import EOT, GPT2_SPEC, bpe_pieces, bpe_spec, byte_names
+from smallgpt.tokenizer import EOT, GPT2_SPEC, bpe_spec, hf_vocab
 
 # OpenAI's GPT-2 models, as the Hugging Face Hub names them
 GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -112,9 +112,8 @@ def pretrained_tokenizer(name_or_path):
     try:
         model = json.loads(read_text(path, "tokenizer file"))["model"]
         vocab = model["vocab"]  # Hugging Face's name of each token -> its id; <|endoftext|> is added after them
-        names = byte_names()
         spec = bpe_spec(model["merges"], len(vocab) + 1, path)
-        if vocab == {"".join(names[b] for b in piece): i for i, piece in enumerate(bpe_pieces(spec["merges"]))}:
+        if vocab == hf_vocab(spec):
             return spec
     except (ValueError, KeyError, TypeError, UserError):  # not JSON, not a BPE, or not laid out as export.py does
         pass

@@ -206,15 +206,19 @@ def bpe_spec(hf_merges, vocab_size, source):
 def hf_tokenizer(spec):
     """A learned BPE as a tokenizers.Tokenizer, whose tokenizer.json transformers' PreTrainedTokenizerFast loads."""
     hf = tokenizers_package()
-    names = byte_names()
-    name = lambda piece: "".join(names[b] for b in piece)
-    pieces = bpe_pieces(spec["merges"])
-    tokenizer = hf.Tokenizer(hf.models.BPE(vocab={name(piece): i for i, piece in enumerate(pieces)},
-                                           merges=[(name(pieces[a]), name(pieces[b])) for a, b in spec["merges"]]))
+    vocab = hf_vocab(spec)
+    names = list(vocab)  # Hugging Face's name of each of our ids
+    tokenizer = hf.Tokenizer(hf.models.BPE(vocab=vocab, merges=[(names[a], names[b]) for a, b in spec["merges"]]))
     tokenizer.pre_tokenizer = byte_level(hf)
     tokenizer.decoder = hf.decoders.ByteLevel()
     tokenizer.add_special_tokens([EOT])  # the next id: vocab_size - 1
     return tokenizer
+
+
+def hf_vocab(spec):
+    """{Hugging Face's name: our id} of each token of a learned BPE but <|endoftext|>, in the order of the ids."""
+    names = byte_names()
+    return {"".join(names[b] for b in piece): i for i, piece in enumerate(bpe_pieces(spec["merges"]))}
 
 
 def byte_level(hf):
