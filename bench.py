@@ -3,7 +3,7 @@ Measure this repository's speed on this machine, each figure beside a baseline m
 that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
 
     python prepare.py && python bench.py      # train, recipe, sample and prepare: about 20 minutes on 2 cores
-    python bench.py --part=train              # one part: train, recipe, sample, prepare, tokenizers or ablation
+    python bench.py --part=train              # one part: train, recipe, sample, prepare, tokenizers, ablation, eval
     python bench.py --part=recipe --recipe_repeats=3
     python bench.py --part=recipe --device=cuda   # the GPU recipe against nanoGPT's GPU command
     python bench.py --part=train --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
@@ -31,6 +31,9 @@ that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
 - tokenizers (not part of 'all'): characters, learned BPEs of 512, 1024 and 2048 tokens, and GPT-2's BPE, each
   with the best CPU settings found, in val bits per byte and the wall time of prepare.py and train.py.
 - ablation (not part of 'all'): the character recipe with one of its parts taken out at a time.
+- eval (not part of 'all'): examples/s of HellaSwag's scoring as eval.py does it (many examples in padded
+  batches) against build-nanogpt's way (one example's four endings at a time), on HellaSwag-shaped examples cut
+  from Tiny Shakespeare: with a 6 x 384 model with GPT-2's vocabulary, then with out/ckpt.pt if there is one.
 The data: data/shakespeare_char as `python prepare.py` makes it; GPT-2's BPE files for the prepare part.
 """
 
@@ -44,12 +47,16 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model import GPT, GPTConfig, sample_next
 from smallgpt.checkpoint import load_checkpoint
 from smallgpt.configurator import configure, defaults_of
 from smallgpt.devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
 from smallgpt.errors import UserError
+from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_set
+from smallgpt.likelihood import window
+from smallgpt.tokenizer import GPT2_SPEC
 
 # -----------------------------------------------------------------------------
 part = "all"  # 'all' (train, recipe, sample, prepare), one of those, or 'ablation'
@@ -65,6 +72,7 @@ recipe_repeats = 1  # runs of each recipe command, in turn, at seeds seed, seed 
 char_megabytes = 200  # text sizes for the prepare part
 gpt2_megabytes = 50
 steps_per_round = 20
+eval_examples = 500  # HellaSwag-shaped examples for the eval part
 device = "auto"
 dtype = "auto"
 compile = False
@@ -276,6 +284,84 @@ def bench_sample(out_dir):
 
 
 # -----------------------------------------------------------------------------
+# eval: HellaSwag as eval.py scores it, many examples in padded batches, against build-nanogpt's way
+
+def shakespeare_examples(n):
+    """n examples in HellaSwag's shape from Tiny Shakespeare: a context of about 200 characters, four endings of
+    about 100 (HellaSwag's are of those lengths), the first of them the text's own continuation."""
+    with open(os.path.join(DATA_DIR, "input.txt"), encoding="utf-8") as f:
+        text = f.read()
+    rng = np.random.default_rng(seed)
+    examples = []
+    for _ in range(n):
+        starts = rng.integers(0, len(text) - 400, size=4)
+        context = text[starts[0]:starts[0] + 200]
+        endings = [text[starts[0] + 200:starts[0] + 300]] + [text[start:start + 100] for start in starts[1:]]
+        examples.append((context, endings, 0))
+    return examples
+
+
+@torch.no_grad()
+def build_nanogpt_losses(model, ending_pairs):
+    """build-nanogpt's hellaswag.py: an example's rows padded into one batch, the logits of every position, the
+    cross-entropy of every position, then the ending's summed up by a mask. (loss, n_tokens) of each ending."""
+    windows = [window(context, ending, model.config.block_size) for context, ending in ending_pairs]
+    rows = [inputs + [targets[-1]] for inputs, targets in windows]  # the window's tokens
+    tokens = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    for i, (row, (_, targets)) in enumerate(zip(rows, windows)):
+        tokens[i, :len(row)] = torch.tensor(row)
+        mask[i, 1:len(row)] = torch.tensor(targets) != -1
+    tokens, mask = tokens.to(device), mask.to(device)
+    with autocast:  # the last position's logits, which build-nanogpt computes and drops, left out: within block
+        logits = model.lm_head(model.hidden_states(tokens[:, :-1]))  # (4, T - 1, vocab_size)
+    shift_logits, shift_tokens = logits.contiguous(), tokens[..., 1:].contiguous()
+    losses = F.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_tokens.view(-1), reduction="none")
+    masked = losses.view(tokens.size(0), -1) * mask[..., 1:]
+    return list(zip(masked.sum(1).tolist(), mask.sum(1).tolist()))
+
+
+def compare_hellaswag(model, tokenizer_spec, examples):
+    """Examples/s of eval.py's batches and of build-nanogpt's way; whether both pick the same endings."""
+    share = hellaswag_set(examples, tokenizer_spec)
+    runs = {"one example at a time (build-nanogpt)": lambda: [build_nanogpt_losses(model, pairs)
+                                                              for pairs, _ in share[0]],
+            "padded batches (eval.py)": lambda: [hellaswag_accuracy(model, share, autocast)]}
+    times, picks = {name: [] for name in runs}, {}
+    for _ in range(3):
+        for name, run_eval in runs.items():
+            result, dt = timed(run_eval)
+            times[name].append(dt)
+            picks[name] = result
+    baseline = median(times["one example at a time (build-nanogpt)"])
+    for name in runs:
+        print(f"{name:40s} {len(examples) / median(times[name]):8,.1f} examples/s  "
+              f"speedup {baseline / median(times[name]):5.2f}x")
+    theirs = picks["one example at a time (build-nanogpt)"]
+    right = [min(range(4), key=lambda e: losses[e][0]) == 0 for losses in theirs]
+    right_norm = [min(range(4), key=lambda e: losses[e][0] / losses[e][1]) == 0 for losses in theirs]
+    ours = picks["padded batches (eval.py)"][0]
+    same = (sum(right) / len(right), sum(right_norm) / len(right)) == (ours["acc"], ours["acc_norm"])
+    print(f"the same acc and acc_norm both ways: {'yes' if same else 'NO'}")
+
+
+def bench_eval(out_dir):
+    examples = shakespeare_examples(eval_examples)
+    print(f"\n## eval: HellaSwag-shaped examples from Tiny Shakespeare ({eval_examples}), a model of "
+          f"6 layers x 384 with GPT-2's vocabulary, random weights")
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024, vocab_size=50304)).to(device).eval()
+    compare_hellaswag(model, GPT2_SPEC, examples)
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(ckpt_path):
+        print(f"\n(no {ckpt_path}: run python train.py config/shakespeare_char_cpu.py for its figures too)")
+        return
+    model, tokenizer_spec = load_checkpoint(ckpt_path)
+    print(f"\n## eval: the same examples, the model in {ckpt_path} (block {model.config.block_size})")
+    compare_hellaswag(model.to(device).eval(), tokenizer_spec, examples)
+
+
+# -----------------------------------------------------------------------------
 # prepare: prepare.py against nanoGPT's data/shakespeare_char/prepare.py and data/shakespeare/prepare.py
 
 # nanoGPT's data/shakespeare_char/prepare.py and data/shakespeare/prepare.py, down to the work they do: read the
@@ -475,3 +561,5 @@ with tempfile.TemporaryDirectory() as tmp:
         bench_tokenizers(work_dir)
     if part == "ablation":
         bench_ablation(work_dir)
+    if part == "eval":
+        bench_eval("out")

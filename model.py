@@ -209,6 +209,18 @@ class GPT(nn.Module):
         which is all that sampling needs, and loss None. With a KVCache, idx continues the
         tokens already cached.
         """
+        x = self.hidden_states(idx, cache)
+        if targets is not None:
+            logits = self.lm_head(x)  # (B, T, vocab_size)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                                   reduction=loss_reduction)
+        else:
+            logits = self.lm_head(x[:, -1:, :])  # (B, 1, vocab_size)
+            loss = None
+        return logits, loss
+
+    def hidden_states(self, idx, cache=None):
+        """idx (B, T) -> the last layer's output (B, T, C), which lm_head turns into logits."""
         device = idx.device
         B, T = idx.size()
         start = cache.length if cache is not None else 0
@@ -225,17 +237,9 @@ class GPT(nn.Module):
             x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rotation, cache)
-        x = self.transformer.ln_f(x)
         if cache is not None:
             cache.length += T
-        if targets is not None:
-            logits = self.lm_head(x)  # (B, T, vocab_size)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
-                                   reduction=loss_reduction)
-        else:
-            logits = self.lm_head(x[:, -1:, :])  # (B, 1, vocab_size)
-            loss = None
-        return logits, loss
+        return self.transformer.ln_f(x)
 
     def crop_block_size(self, block_size):
         """Shorten the context, e.g. to finetune a model trained with a longer block_size."""

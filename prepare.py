@@ -22,8 +22,6 @@ import json
 import os
 import re
 import sys
-import urllib.error
-import urllib.request
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,7 +32,7 @@ from smallgpt.configurator import configure, defaults_of
 from smallgpt.dataset import SPLITS, split_stats
 from smallgpt.documents import batched_documents, document_suffix, is_url, read_documents, split_documents
 from smallgpt.errors import UserError
-from smallgpt.files import make_dir, open_file, replaced_atomically
+from smallgpt.files import download, make_dir, open_file, replaced_atomically
 from smallgpt.tokenizer import (GPT2_SPEC, bpe_safe_cut, char_lookup, char_spec, code_points, learn_bpe,
                                 tiktoken_encoding)
 
@@ -59,27 +57,6 @@ def default_dataset(input, tokenizer):
     elif input:
         stem = os.path.splitext(os.path.basename(input.rstrip("/")))[0] or "text"
     return stem if tokenizer == "gpt2" else f"{stem}_{tokenizer}"
-
-
-def download(url, dest):
-    """Fetch url into dest, atomically: an interrupted download leaves no partial file behind."""
-    print(f"downloading {url} to {dest}")
-    tmp = dest + ".part"
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, disable=None) as bar:
-                while block := response.read(1 << 20):
-                    f.write(block)
-                    bar.update(len(block))
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
-        raise UserError(f"could not download {url}: {reason}; check the address and your connection, "
-                        f"or pass a local file with --input=PATH") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_chunks(path, desc):
@@ -209,7 +186,7 @@ def resolve_input(input, out_dir):
     local = os.path.join(out_dir, "input" + (document_suffix(input) or ".txt"))
     if input or not os.path.exists(local):
         make_dir(out_dir, "the data folder")
-        download(input or SHAKESPEARE_URL, local)
+        download(input or SHAKESPEARE_URL, local, "pass a local file with --input=PATH")
     return local
 
 

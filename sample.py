@@ -14,19 +14,16 @@ be gone. Each sample is printed, then a separator line; a single sample is print
 it is generated. The same seed gives the same text on the same machine.
 """
 
-import os
 import sys
 
 import torch
 
-from model import GPT
-from smallgpt.checkpoint import load_checkpoint
+from smallgpt.checkpoint import load_model
 from smallgpt.configurator import configure, defaults_of
 from smallgpt.devices import mixed_precision, resolve_device, resolve_dtype
 from smallgpt.errors import UserError
 from smallgpt.files import read_text
-from smallgpt.hf_format import GPT2_MODELS, pretrained_tokenizer
-from smallgpt.tokenizer import GPT2_SPEC, make_codec
+from smallgpt.tokenizer import make_codec
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (the checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
@@ -45,9 +42,6 @@ compile = False  # torch.compile the model (pays off for long samples only)
 globals().update(configure(defaults_of(globals()), sys.argv[1:]))
 # -----------------------------------------------------------------------------
 
-if init_from not in ("resume", *GPT2_MODELS) and not os.path.isdir(init_from):
-    raise UserError(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir), a GPT-2 model "
-                    f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
 if start.startswith("FILE:"):
     start = read_text(start[len("FILE:"):], "prompt file")
 if not start:
@@ -60,15 +54,7 @@ torch.manual_seed(seed)
 torch.set_float32_matmul_precision("high")
 autocast = mixed_precision(device_type, dtype)
 
-if init_from == "resume":
-    model, tokenizer_spec = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
-else:
-    tokenizer_spec = pretrained_tokenizer(init_from)  # GPT-2's, or a BPE of ours in the folder's tokenizer.json
-    model = GPT.from_pretrained(init_from)
-if model.config.vocab_size < tokenizer_spec["vocab_size"]:
-    whose = "GPT-2's" if tokenizer_spec == GPT2_SPEC else "its tokenizer's"
-    raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than {whose} "
-                    f"{tokenizer_spec['vocab_size']}: it is not a model of that tokenizer")
+model, tokenizer_spec = load_model(init_from, out_dir)
 model.eval()
 model.to(device)
 if device_type == "cpu":

@@ -29,9 +29,10 @@ from smallgpt.checkpoint import (PRETRAINED_KEYS, load_training_state, read_for_
                                  rng_states, save_checkpoint, training_state)
 from smallgpt.configurator import configure, defaults_of
 from smallgpt.dataset import check_ids, loss_sums, open_dataset
-from smallgpt.devices import mixed_precision, peak_flops, resolve_device, resolve_dtype
+from smallgpt.devices import join_processes, mixed_precision, peak_flops, resolve_device, resolve_dtype
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir
+from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_set, load_examples
 from smallgpt.hf_format import GPT2_MODELS, check_pretrained_tokenizer
 from smallgpt.interrupts import catch_stop_signals, stop_requested
 from smallgpt.metrics import MetricsLog, format_duration
@@ -47,6 +48,8 @@ log_interval = 10
 eval_iters = 20  # batches per split in each loss estimate
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
+eval_hellaswag = 0  # HellaSwag examples scored at each eval, their acc_norm logged (0: none; see eval.py)
+hellaswag_file = ""  # a HellaSwag-format .jsonl (path or URL); empty: the validation split, downloaded once
 init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
 # wandb logging
 wandb_log = False
@@ -121,17 +124,7 @@ device = resolve_device(device)
 device_type = device.split(":")[0]
 dtype = resolve_dtype(dtype, device_type)
 if ddp:
-    ddp_rank = int(os.environ["RANK"])
-    ddp_local_rank = int(os.environ["LOCAL_RANK"])
-    ddp_world_size = int(os.environ["WORLD_SIZE"])
-    if device_type == "cuda":
-        device = f"cuda:{ddp_local_rank}"
-        torch.cuda.set_device(device)
-    else:  # share the cores among the processes on this machine instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
-    if backend == "auto":
-        backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    device, ddp_rank, ddp_local_rank, ddp_world_size = join_processes(device, backend)  # a GPU or cores each
     master_process = ddp_rank == 0  # logs and writes checkpoints
     if fsdp and dtype == "float16":
         raise UserError("fsdp=True trains in bfloat16 or float32: use --dtype=bfloat16 "
@@ -163,6 +156,10 @@ torch.manual_seed(seed)  # the same initial weights in every process (FSDP shard
 torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later
 autocast = mixed_precision(device_type, dtype)
 byte_lengths = torch.tensor(token_bytes(tokenizer_spec), device=device)  # of each token id's text, for bits per byte
+hellaswag = None  # this process's share of the HellaSwag examples, tokenized, if they are to be scored
+if eval_hellaswag:
+    hellaswag = hellaswag_set(load_examples(hellaswag_file, eval_hellaswag, ddp_rank), tokenizer_spec, ddp_rank,
+                              ddp_world_size)
 
 # -----------------------------------------------------------------------------
 # data: random windows of block_size + 1 tokens, drawn from a seeded generator keyed by what the batch is for,
@@ -339,12 +336,15 @@ while True:
         improved = losses["val"] < best_val_loss and not eval_only
         if improved:
             best_val_loss, best_iter = losses["val"], iter_num
+        # how often the model picks the right ending of HellaSwag's sentences (smallgpt/hellaswag.py)
+        hellaswag_acc = hellaswag_accuracy(raw_model, hellaswag, autocast, fsdp)["acc_norm"] if hellaswag else None
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                  f"val bpb {bpb['val']:.3f}")
+                  f"val bpb {bpb['val']:.3f}" + (f", hellaswag acc_norm {hellaswag_acc:.4f}" if hellaswag else ""))
         if metrics:
             metrics.log(kind="eval", iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
-                        val_loss=losses["val"], train_bpb=bpb["train"], val_bpb=bpb["val"], lr=lr)
+                        val_loss=losses["val"], train_bpb=bpb["train"], val_bpb=bpb["val"], lr=lr,
+                        hellaswag_acc_norm=hellaswag_acc)
         if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
             write_checkpoint()
     if iter_num >= max_iters or eval_only:

@@ -4,6 +4,7 @@ tokenizer), written atomically, and read back with weights_only=True, so that a 
 
 - save_checkpoint, read_checkpoint: the file, whole or not at all; a UserError that says why it cannot be read.
 - load_checkpoint: the model and its tokenizer spec on the CPU, for sample.py, export.py and bench.py.
+- load_model: the same of a checkpoint, of OpenAI's GPT-2 or of a Hugging Face folder, for sample.py and eval.py.
 - read_for_resuming: the checkpoint, if it can resume with this run's settings, and which of them changed.
 - training_state, load_training_state: the weights and the optimizer state by parameter name, whole tensors,
   so that a run saved by one process resumes under DDP or FSDP and the other way round.
@@ -19,6 +20,8 @@ import torch.distributed as dist
 from model import GPT, GPTConfig
 from smallgpt.errors import UserError
 from smallgpt.files import replaced_atomically
+from smallgpt.hf_format import GPT2_MODELS, pretrained_tokenizer
+from smallgpt.tokenizer import GPT2_SPEC
 
 # what train.py saves, and needs to resume
 TRAINING_KEYS = ("model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "best_iter", "config",
@@ -53,6 +56,26 @@ def load_checkpoint(path):
     model = GPT(GPTConfig(**checkpoint["model_args"]))
     model.load_state_dict(checkpoint["model"])
     return model, checkpoint["tokenizer"]
+
+
+def load_model(init_from, out_dir):
+    """
+    (model, tokenizer spec) on the CPU: the checkpoint in out_dir (init_from='resume'), OpenAI's GPT-2 by name,
+    or a folder in Hugging Face's GPT-2 format, with GPT-2's BPE or the tokenizer.json of a BPE that export.py wrote.
+    """
+    if init_from not in ("resume", *GPT2_MODELS) and not os.path.isdir(init_from):
+        raise UserError(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir), a GPT-2 model "
+                        f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
+    if init_from == "resume":
+        model, tokenizer_spec = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    else:
+        tokenizer_spec = pretrained_tokenizer(init_from)
+        model = GPT.from_pretrained(init_from)
+    if model.config.vocab_size < tokenizer_spec["vocab_size"]:
+        whose = "GPT-2's" if tokenizer_spec == GPT2_SPEC else "its tokenizer's"
+        raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than {whose} "
+                        f"{tokenizer_spec['vocab_size']}: it is not a model of that tokenizer")
+    return model, tokenizer_spec
 
 
 def read_for_resuming(path, model_args, config, tokenizer_spec, device):

@@ -1,16 +1,19 @@
 """
-The device and the number format a script runs in, for train.py, sample.py and bench.py.
+The device and the number format a script runs in, for train.py, sample.py, eval.py and bench.py.
 
 - resolve_device, resolve_dtype: the 'auto' settings made concrete, or a one-line error for a device or dtype
   that this machine does not have.
+- join_processes: under torchrun, this process's rank and device, its process group started.
 - mixed_precision: the autocast context for a dtype.
 - peak_flops: a device's peak FLOP/s, against which MFU is measured.
 """
 
+import os
 import time
 from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
 
 from smallgpt.errors import UserError
 
@@ -47,6 +50,23 @@ def resolve_dtype(dtype, device_type):
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("this GPU does not support bfloat16: use --dtype=float16")
     return dtype
+
+
+def join_processes(device, backend="auto"):
+    """
+    (device, rank, local rank, world size) of this process among those that torchrun started, once their process
+    group is up: each process takes its own GPU, or a share of this machine's cores.
+    """
+    rank, local_rank, world_size = (int(os.environ[key]) for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    else:  # share the cores among the processes on this machine instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
+    if backend == "auto":
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    return device, rank, local_rank, world_size
 
 
 def mixed_precision(device_type, dtype):

@@ -7,10 +7,16 @@ what is wrong, and a failed write never leaves a half-written file behind.
   disk; if writing fails (a full disk, an I/O error), the temporary files are removed, paths stay as they
   were, and a UserError says so.
 - make_dir(path, what): a folder to write into, or a UserError that says why there cannot be one.
+- download(url, dest, instead): a URL's file, atomically; a UserError that says what went wrong, and what to do
+  instead.
 """
 
 import os
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
+
+from tqdm import tqdm
 
 from smallgpt.errors import UserError
 
@@ -69,3 +75,24 @@ def make_dir(path, what):
         raise UserError(f"cannot create {what} {path}: {e.strerror}") from None
     if not os.access(path, os.W_OK):
         raise UserError(f"cannot write to {what} {path}: permission denied")
+
+
+def download(url, dest, instead):
+    """Fetch url into dest, atomically: an interrupted download leaves no partial file behind."""
+    print(f"downloading {url} to {dest}")
+    tmp = f"{dest}.{os.getpid()}.part"  # one per process: several may fetch the same file at once
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, disable=None) as bar:
+                while block := response.read(1 << 20):
+                    f.write(block)
+                    bar.update(len(block))
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
+        raise UserError(f"could not download {url}: {reason}; check the address and your connection, "
+                        f"or {instead}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -45,7 +45,8 @@ class MetricsLog:
             self.wandb = wandb.init(project=project, name=name, config=config)
 
     def log(self, **record):
-        """Append a record; an evaluation's also redraws the plot and goes to wandb."""
+        """Append a record, less the fields that are None; an evaluation's also redraws the plot and goes to wandb."""
+        record = {key: value for key, value in record.items() if value is not None}
         record["elapsed"] = round(self.elapsed_before + time.time() - self.start, 3)
         self.records.append(record)
         try:
@@ -60,7 +61,8 @@ class MetricsLog:
             mfu = next((r["mfu"] for r in reversed(self.records) if r["kind"] == "iter"), 0.0)
             self.wandb.log({"iter": record["iter"], "train/loss": record["train_loss"], "val/loss": record["val_loss"],
                             "train/bpb": record["train_bpb"], "val/bpb": record["val_bpb"], "lr": record["lr"],
-                            "mfu": mfu * 100})
+                            "mfu": mfu * 100, **({"hellaswag/acc_norm": record["hellaswag_acc_norm"]}
+                                                 if "hellaswag_acc_norm" in record else {})})
 
     def close(self):
         self.file.close()

@@ -4,11 +4,14 @@ this process, the message of a UserError, and small prepared datasets. Tests tha
 GPT-2's BPE files read them from ../shared/data beside the checkout (no network needed).
 """
 
+import functools
+import http.server
 import io
 import os
 import resource
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
@@ -120,6 +123,20 @@ def with_char_data(folder):
 @pytest.fixture
 def char_data(tmp_path):
     return with_char_data(tmp_path)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving tmp_path/www; yields its base URL."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
 
 
 def parse_losses(stdout):

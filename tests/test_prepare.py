@@ -1,11 +1,8 @@
 """prepare.py: the splits and token ids, streaming, documents, downloads, and clean failures on bad input."""
 
-import functools
-import http.server
 import json
 import re
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -115,20 +112,6 @@ def test_tiny_shakespeare_char_counts(tmp_path):
 def test_tiny_shakespeare_gpt2_counts(tmp_path):
     printed = prepare_in(tmp_path, f"--input={SHAKESPEARE}", "--tokenizer=gpt2", "--dataset=shakespeare")
     assert "train has 301,966 tokens" in printed and "val has 36,059 tokens" in printed
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving tmp_path/www; yields its base URL."""
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
 
 
 def test_download_from_a_url(tmp_path, http_server):
