@@ -3,8 +3,10 @@ Measure this repository's speed on this machine, each figure beside a baseline m
 that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
 
     python prepare.py && python bench.py      # train, recipe, sample and prepare: about 20 minutes on 2 cores
-    python bench.py --part=train              # one part: train, recipe, sample, prepare, tokenizers, ablation, eval
+    python bench.py --part=train              # one part: train, recipe, sample, prepare, tokenizers, ablation,
+                                              # eval, tune
     python bench.py --part=recipe --recipe_repeats=3
+    python bench.py --part=tune --recipe_repeats=3  # a search of an hour, then its best settings against the recipe
     python bench.py --part=recipe --device=cuda   # the GPU recipe against nanoGPT's GPU command
     python bench.py --part=train --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
         --vocab_size=50304 --compile=True      # GPT-2 124M steps on a GPU
@@ -31,6 +33,9 @@ that a machine whose speed drifts (a shared cloud CPU) is compared with itself.
 - tokenizers (not part of 'all'): characters, learned BPEs of 512, 1024 and 2048 tokens, and GPT-2's BPE, each
   with the best CPU settings found, in val bits per byte and the wall time of prepare.py and train.py.
 - ablation (not part of 'all'): the character recipe with one of its parts taken out at a time.
+- tune (not part of 'all'): a search with tune.py from config/tune_shakespeare_char_cpu.py (an hour on 2
+  cores), then its best.py trained again, evaluated as the recipe is (once at the end, on 20 batches), against
+  config/shakespeare_char_cpu.py, recipe_repeats seeds each; and tune.py's cost per trial beside train.py's own.
 - eval (not part of 'all'): examples/s of HellaSwag's scoring as eval.py does it (many examples in padded
   batches) against build-nanogpt's way (one example's four endings at a time), on HellaSwag-shaped examples cut
   from Tiny Shakespeare: with a 6 x 384 model with GPT-2's vocabulary, then with out/ckpt.pt if there is one.
@@ -38,6 +43,7 @@ The data: data/shakespeare_char as `python prepare.py` makes it; GPT-2's BPE fil
 """
 
 import copy
+import csv
 import os
 import platform
 import subprocess
@@ -56,10 +62,11 @@ from smallgpt.devices import mixed_precision, peak_flops, resolve_device, resolv
 from smallgpt.errors import UserError
 from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_set
 from smallgpt.likelihood import window
+from smallgpt.metrics import read_metrics
 from smallgpt.tokenizer import GPT2_SPEC
 
 # -----------------------------------------------------------------------------
-part = "all"  # 'all' (train, recipe, sample, prepare), one of those, or 'ablation'
+part = "all"  # 'all' (train, recipe, sample, prepare), one of those, or 'tokenizers', 'ablation', 'eval', 'tune'
 # the train part's model and batch: nanoGPT's CPU command
 n_layer = 4
 n_head = 4
@@ -91,6 +98,7 @@ autocast = mixed_precision(device_type, dtype)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join("data", "shakespeare_char")
 RECIPE = os.path.join(ROOT, "config", "shakespeare_char_cpu.py")
+TUNE_CONFIG = os.path.join(ROOT, "config", "tune_shakespeare_char_cpu.py")
 GPU_RECIPE = os.path.join(ROOT, "config", "shakespeare_char.py")
 BPE_RECIPE = os.path.join(ROOT, "config", "shakespeare_bpe_cpu.py")
 # nanoGPT's config/train_shakespeare_char.py spelled out; its CPU command (from its README) adds flags to it
@@ -544,11 +552,33 @@ def bench_ablation(work_dir):
                  ("attention at the usual scale", None, [RECIPE, "--attn_scale=1.0"])], work_dir)
 
 
+def bench_tune(work_dir):
+    print("\n## tune: a search from config/tune_shakespeare_char_cpu.py, then its best settings against the recipe")
+    study_dir = os.path.join(work_dir, "out-tune")
+    stdout, search_wall = run([sys.executable, os.path.join(ROOT, "tune.py"), TUNE_CONFIG, f"--study_dir={study_dir}",
+                               f"--seed={seed}"], work_dir)
+    print("\n".join(line for line in stdout.splitlines() if not line.startswith("trial ")))
+    with open(os.path.join(study_dir, "trials.csv"), newline="") as f:
+        trials = [row for row in csv.DictReader(f)]
+    records = [read_metrics(os.path.join(study_dir, f"trial_{row['number']}", "metrics.jsonl")) for row in trials]
+    trial_seconds = sum(float(row["seconds"] or 0) for row in trials)
+    train_seconds = sum(rows[-1]["elapsed"] for rows in records if rows)
+    print(f"search: {len(trials)} trials in {search_wall / 60:.1f} min; train.py's own time (from its first step) "
+          f"{train_seconds:.0f}s, process start-up and tune.py's reading {trial_seconds - train_seconds:.0f}s "
+          f"({(trial_seconds - train_seconds) / train_seconds:.1%}), tune.py between trials "
+          f"{search_wall - trial_seconds:.0f}s ({(search_wall - trial_seconds) / train_seconds:.1%})")
+    with open(os.path.join(study_dir, "best.py")) as f:
+        print(f"\n{study_dir}/best.py:\n{f.read()}")
+    recipe_runs([("config/shakespeare_char_cpu.py", None, [RECIPE, "--device=cpu"]),
+                 ("out-tune/best.py", None, [os.path.join(study_dir, "best.py"), "--eval_interval=1000000",
+                                             "--eval_iters=20"])], work_dir)
+
+
 # -----------------------------------------------------------------------------
 
 print(f"# bench.py on {machine()}; torch {torch.__version__}, device {device}, dtype {dtype}")
 with tempfile.TemporaryDirectory() as tmp:
-    work_dir = working_folder(tmp) if part in ("all", "recipe", "tokenizers", "ablation") else None
+    work_dir = working_folder(tmp) if part in ("all", "recipe", "tokenizers", "ablation", "tune") else None
     if part in ("all", "train"):
         bench_train()
     if part in ("all", "recipe"):
@@ -563,3 +593,5 @@ with tempfile.TemporaryDirectory() as tmp:
         bench_ablation(work_dir)
     if part == "eval":
         bench_eval("out")
+    if part == "tune":
+        bench_tune(work_dir)

@@ -25,15 +25,16 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig
-from smallgpt.checkpoint import (PRETRAINED_KEYS, load_training_state, read_for_resuming, restore_rng_states,
-                                 rng_states, save_checkpoint, training_state)
+from smallgpt.budget import steps_that_fit
+from smallgpt.checkpoint import (PRETRAINED_KEYS, load_training_state, mark_stopped_early, read_for_resuming,
+                                 restore_rng_states, rng_states, save_checkpoint, start_from_pretrained, training_state)
 from smallgpt.configurator import configure, defaults_of
 from smallgpt.dataset import check_ids, loss_sums, open_dataset
 from smallgpt.devices import join_processes, mixed_precision, peak_flops, resolve_device, resolve_dtype
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir
 from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_set, load_examples
-from smallgpt.hf_format import GPT2_MODELS, check_pretrained_tokenizer
+from smallgpt.hf_format import GPT2_MODELS
 from smallgpt.interrupts import catch_stop_signals, stop_requested
 from smallgpt.metrics import MetricsLog, format_duration
 from smallgpt.tokenizer import model_vocab_size, token_bytes
@@ -48,6 +49,7 @@ log_interval = 10
 eval_iters = 20  # batches per split in each loss estimate
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
+patience = 0  # stop when val loss has not improved for this many evaluations; ckpt.pt then holds the best (0: off)
 eval_hellaswag = 0  # HellaSwag examples scored at each eval, their acc_norm logged (0: none; see eval.py)
 hellaswag_file = ""  # a HellaSwag-format .jsonl (path or URL); empty: the validation split, downloaded once
 init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
@@ -75,6 +77,7 @@ learning_rate = 1e-3  # max learning rate (AdamW's)
 muon_learning_rate = 0.0  # above 0: Muon, at this max learning rate, for the blocks' matrices
 muon_momentum = 0.95
 max_iters = 2000  # total optimizer steps
+max_seconds = 0  # train for this many seconds instead, the schedule fitted to the steps that fit (0: off)
 weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.99
@@ -214,20 +217,8 @@ if init_from == "resume":
 
 if init_from in ("scratch", "resume"):
     model = GPT(GPTConfig(**model_args))
-else:
-    check_pretrained_tokenizer(init_from, tokenizer_spec, data_dir)  # the weights were trained on its ids
-    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-    if model.config.vocab_size < tokenizer_spec["vocab_size"]:
-        raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than the "
-                        f"{tokenizer_spec['vocab_size']} of {data_dir}'s tokenizer: it is not a GPT-2-tokenized model")
-    if block_size > model.config.block_size:
-        raise UserError(f"block_size={block_size} is longer than the {model.config.block_size} positions of "
-                        f"{init_from}; use --block_size={model.config.block_size} or less")
-    if master_process:
-        shape = ", ".join(f"{k}={getattr(model.config, k)}" for k in ("n_layer", "n_head", "n_embd", "vocab_size"))
-        print(f"initializing from {init_from}: {shape}, block_size {model.config.block_size} -> {block_size}")
-    if block_size < model.config.block_size:
-        model.crop_block_size(block_size)
+else:  # GPT-2's weights, or a Hugging Face folder's, with its shape (smallgpt/checkpoint.py)
+    model = start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropout, verbose=master_process)
     model_args.update({k: getattr(model.config, k) for k in PRETRAINED_KEYS})
 torch.manual_seed(seed + ddp_rank)  # but different dropout masks
 if checkpoint is not None:
@@ -322,6 +313,7 @@ batches = train_batches(iter_num)
 X, Y = next(batches)  # fetch the very first batch
 run_start = t0 = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
+stopped_early = False  # patience ran out
 running_mfu = -1.0
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
@@ -345,9 +337,10 @@ while True:
             metrics.log(kind="eval", iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
                         val_loss=losses["val"], train_bpb=bpb["train"], val_bpb=bpb["val"], lr=lr,
                         hellaswag_acc_norm=hellaswag_acc)
-        if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
+        if (improved or always_save_checkpoint and not patience) and iter_num > 0 and not eval_only:
             write_checkpoint()
-    if iter_num >= max_iters or eval_only:
+        stopped_early = patience and iter_num - best_iter >= patience * eval_interval and not eval_only
+    if iter_num >= max_iters or eval_only or stopped_early:
         break
 
     # forward, backward, update, with gradient accumulation over micro_steps micro-batches
@@ -379,6 +372,12 @@ while True:
         first_step_end = t1  # the time left is estimated without the first step, which carries start-up
         if compile and master_process:
             print(f"compiled: the first evaluation and step took {t1 - run_start:.1f}s")
+    # with max_seconds, the schedule's end is fitted to the time left: after ten steps, then at every evaluation
+    if max_seconds and (local_iter_num == 10 or at_interval and local_iter_num > 10):
+        step_time = (t1 - first_step_end) / local_iter_num  # evaluations included, in the share that they recur
+        max_iters = lr_decay_iters = iter_num + 1 + steps_that_fit(max_seconds - (t1 - run_start), step_time, device)
+        if master_process:
+            print(f"max_seconds={max_seconds}: {max_iters} steps fit, at {step_time * 1000:.0f}ms a step")
     if iter_num % log_interval == 0:
         if ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -404,6 +403,11 @@ while True:
                   f"continue with --init_from=resume")
         break
 
+if stopped_early and master_process:  # ckpt.pt holds the best evaluation's weights; a resume asks before going on
+    mark_stopped_early(ckpt_path, iter_num, patience, config["max_iters"])  # as asked, not as fitted to max_seconds
+    print(f"early stop at iter {iter_num}: no better val loss in {patience} evaluations; "
+          f"best val loss {best_val_loss:.4f} at iter {best_iter}")
+    metrics.log(kind="early_stop", iter=iter_num, best_iter=best_iter, best_val_loss=best_val_loss)
 if metrics:
     metrics.close()
 if master_process:

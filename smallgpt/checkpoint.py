@@ -5,7 +5,9 @@ tokenizer), written atomically, and read back with weights_only=True, so that a 
 - save_checkpoint, read_checkpoint: the file, whole or not at all; a UserError that says why it cannot be read.
 - load_checkpoint: the model and its tokenizer spec on the CPU, for sample.py, export.py and bench.py.
 - load_model: the same of a checkpoint, of OpenAI's GPT-2 or of a Hugging Face folder, for sample.py and eval.py.
+- start_from_pretrained: GPT-2's weights (or a folder's) to train on from train.py, checked against the data.
 - read_for_resuming: the checkpoint, if it can resume with this run's settings, and which of them changed.
+- mark_stopped_early: note in the best evaluation's checkpoint that its run stopped early, for a resume to ask.
 - training_state, load_training_state: the weights and the optimizer state by parameter name, whole tensors,
   so that a run saved by one process resumes under DDP or FSDP and the other way round.
 - rng_states, restore_rng_states: every process's random number generators, for dropout.
@@ -20,7 +22,7 @@ import torch.distributed as dist
 from model import GPT, GPTConfig
 from smallgpt.errors import UserError
 from smallgpt.files import replaced_atomically
-from smallgpt.hf_format import GPT2_MODELS, pretrained_tokenizer
+from smallgpt.hf_format import GPT2_MODELS, check_pretrained_tokenizer, pretrained_tokenizer
 from smallgpt.tokenizer import GPT2_SPEC
 
 # what train.py saves, and needs to resume
@@ -78,6 +80,27 @@ def load_model(init_from, out_dir):
     return model, tokenizer_spec
 
 
+def start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropout, verbose=True):
+    """
+    The pretrained model init_from to train on data_dir's ids: its tokenizer must be the data's, block_size
+    may crop its positions (never add to them), dropout is this run's.
+    """
+    check_pretrained_tokenizer(init_from, tokenizer_spec, data_dir)  # the weights were trained on its ids
+    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    if model.config.vocab_size < tokenizer_spec["vocab_size"]:
+        raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than the "
+                        f"{tokenizer_spec['vocab_size']} of {data_dir}'s tokenizer: it is not a GPT-2-tokenized model")
+    if block_size > model.config.block_size:
+        raise UserError(f"block_size={block_size} is longer than the {model.config.block_size} positions of "
+                        f"{init_from}; use --block_size={model.config.block_size} or less")
+    if verbose:
+        shape = ", ".join(f"{k}={getattr(model.config, k)}" for k in ("n_layer", "n_head", "n_embd", "vocab_size"))
+        print(f"initializing from {init_from}: {shape}, block_size {model.config.block_size} -> {block_size}")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+    return model
+
+
 def read_for_resuming(path, model_args, config, tokenizer_spec, device):
     """
     (checkpoint, model_args, changes) for resuming the checkpoint at path with this run's model_args, config and
@@ -106,6 +129,11 @@ def resume_settings(checkpoint, model_args, config, tokenizer_spec):
     if different:
         raise UserError(f"the checkpoint's model differs: {', '.join(different)}; "
                         f"use the settings it was trained with, or a new --out_dir")
+    stopped = checkpoint.get("stopped_early")
+    if stopped and 0 < config.get("patience", 0) <= stopped["patience"] and config["max_iters"] <= stopped["max_iters"]:
+        raise UserError(f"the run stopped early at iter {stopped['iter']}: no better val loss in {stopped['patience']} "
+                        f"evaluations after iter {checkpoint['iter_num']}, whose weights the checkpoint holds; to "
+                        f"train on from there, raise --patience or --max_iters (--patience=0: no early stop)")
     saved = checkpoint["config"]  # settings newer than the checkpoint are not changes
     changes = [f"{key} {saved[key]!r} -> {value!r}" for key, value in config.items()
                if key != "init_from" and key in saved and saved[key] != value]
@@ -114,6 +142,14 @@ def resume_settings(checkpoint, model_args, config, tokenizer_spec):
                         f"{config['muon_learning_rate']!r} would switch between AdamW and Muon, whose states "
                         f"differ; keep it on (or off) as it was, or start a new --out_dir")
     return model_args, changes
+
+
+def mark_stopped_early(path, iter_num, patience, max_iters):
+    """Record in the checkpoint at path, if any, that its run stopped early at iter_num with that patience."""
+    if os.path.exists(path):
+        checkpoint = read_checkpoint(path, TRAINING_KEYS)
+        checkpoint["stopped_early"] = {"iter": iter_num, "patience": patience, "max_iters": max_iters}
+        save_checkpoint(path, checkpoint)
 
 
 def training_state(model, optimizer, fsdp):

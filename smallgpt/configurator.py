@@ -49,11 +49,14 @@ RANGES = {
     # prepare.py
     "val_fraction": "(0, 1)", "vocab_size": "[1, 65536]", "tokenizer": ("char", "gpt2", "bpe"),
     # bench.py
-    "part": ("all", "train", "recipe", "sample", "prepare", "tokenizers", "ablation", "eval"), "rounds": "[1, inf)",
-    "steps_per_round": "[1, inf)", "recipe_repeats": "[1, inf)", "char_megabytes": "[1, inf)",
+    "part": ("all", "train", "recipe", "sample", "prepare", "tokenizers", "ablation", "eval", "tune"),
+    "rounds": "[1, inf)", "steps_per_round": "[1, inf)", "recipe_repeats": "[1, inf)", "char_megabytes": "[1, inf)",
     "gpt2_megabytes": "[1, inf)", "eval_examples": "[1, inf)",
     # eval.py and train.py's HellaSwag
     "eval_hellaswag": "[0, inf)", "batch_tokens": "[1, inf)",
+    # train.py's early stop and time budget, and tune.py
+    "patience": "[0, inf)", "max_seconds": "[0, inf)", "trials": "[1, inf)", "timeout": "[0, inf)",
+    "prune_after": "[0, inf)",
 }
 
 

@@ -1,0 +1,451 @@
+"""
+The parts of tune.py's search that are not Optuna's: the search space, a trial as a train.py process, and the
+results written out. Optuna is imported only by tune.py and the functions that take its objects.
+
+- script_defaults(path): a script's settings, read from its source without running it (train.py's for tune.py).
+- search_space(search, defaults): the search in a tune config checked against train.py's settings.
+- check_study_space(study, space): the search space must be the one the study's trials were drawn from.
+- starting_point(config, space): the config's own values of the searched settings, a new study's first trial.
+- suggest(trial, space): one value of each setting, drawn by the trial's sampler.
+- run_trial(trial, command, trial_dir, max_seconds, max_iters): train.py with the trial's settings; its
+  evaluations reported to Optuna as they are logged (by the share of the trial's time or steps done), and the
+  process stopped (SIGTERM) if Optuna prunes it.
+- open_study(storage, name, study_dir, seed, prune_after): the study, in study_dir's journal file or a database.
+- trials_taken, record_trial, fail_orphans, drop_checkpoints_but_the_best: the study's bookkeeping.
+- write_results(study, study_dir, fixed, space), print_summary: trials.csv, best.py, history.png and
+  importance.png; the table of trials and the best settings.
+"""
+
+import ast
+import csv
+import ctypes
+import difflib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from smallgpt.configurator import check_range, convert
+from smallgpt.errors import UserError
+from smallgpt.files import read_text, replaced_atomically
+
+# settings that tune.py sets for each trial itself
+# no trial is pruned before it has run this share (in %) of its time or steps: the early losses favour settings
+# that learn fast and then stall, and are noisy
+PRUNE_FROM = 40
+PER_TRIAL = ("out_dir", "init_from", "eval_only", "wandb_run_name")
+
+
+def script_defaults(path):
+    """{name: value} of the module-level settings at the top of a script: lower-case names bound to literals."""
+    defaults = {}
+    for node in ast.parse(read_text(path, "script")).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            if name.islower() and not name.startswith("_") and name not in defaults:
+                defaults[name] = value
+    return defaults
+
+
+def search_space(search, defaults):
+    """
+    {setting: ("int" | "float", low, high, log) or ("choice", [values])} of a tune config's search: a uniform range
+    (low, high), of ints or floats as the bounds are; a log range (low, high, "log"); a list of choices.
+    """
+    if not isinstance(search, dict) or not search:
+        raise UserError("search must map train.py settings to ranges, e.g. search = {\"learning_rate\": "
+                        "(1e-4, 1e-2, \"log\"), \"n_layer\": [2, 3, 4]}")
+    space = {}
+    for key, spec in search.items():
+        if key not in defaults or key in PER_TRIAL:
+            close = difflib.get_close_matches(str(key), [k for k in defaults if k not in PER_TRIAL], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            what = "is set by tune.py for each trial" if key in PER_TRIAL else "is not a train.py setting"
+            raise UserError(f"search: '{key}' {what}{hint}")
+        space[key] = parse_range(key, spec, defaults[key])
+    return space
+
+
+def parse_range(key, spec, default):
+    where = f"search['{key}']"
+    if isinstance(spec, list):
+        if not spec:
+            raise UserError(f"{where} is an empty list of choices: give at least one value")
+        choices = [convert(key, value, default, where) for value in spec]
+        for value in choices:
+            check_range(key, value)
+        return ("choice", choices)
+    is_log = isinstance(spec, tuple) and len(spec) == 3 and spec[2] == "log"
+    if not (isinstance(spec, tuple) and (len(spec) == 2 or is_log)):
+        raise UserError(f"{where} must be (low, high), (low, high, \"log\") or a list of choices, got {spec!r}")
+    low, high = spec[:2]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high, default))
+    if not numbers or isinstance(default, bool):
+        raise UserError(f"{where}: a range needs a number setting and number bounds; give a list of choices instead")
+    kind = "int" if isinstance(low, int) and isinstance(high, int) and isinstance(default, int) else "float"
+    if isinstance(default, int) and kind == "float":
+        raise UserError(f"{where}: {key} is a whole number, so its bounds must be too, got {spec!r}")
+    if not low < high:
+        raise UserError(f"{where} is an empty or reversed range: low ({low}) must be below high ({high})")
+    if is_log and low <= 0:
+        raise UserError(f"{where}: a log range must lie above 0, got low {low}")
+    check_range(key, low)
+    check_range(key, high)
+    return (kind, low, high, is_log)
+
+
+def check_study_space(study, space):
+    """UserError if the study's earlier trials drew a setting of the space otherwise (as a range where it is now a
+    list of choices, on a log scale where it is not, or from other choices): Optuna cannot mix them in one study."""
+    import optuna
+    new = {key: optuna.distributions.CategoricalDistribution(spec[1]) if spec[0] == "choice" else
+           (optuna.distributions.IntDistribution if spec[0] == "int" else optuna.distributions.FloatDistribution)(
+               spec[1], spec[2], log=spec[3]) for key, spec in space.items()}
+    for trial in study.get_trials(deepcopy=False):
+        for key, distribution in trial.distributions.items():
+            try:
+                if key in new:
+                    optuna.distributions.check_distribution_compatibility(distribution, new[key])
+            except ValueError:
+                raise UserError(f"search['{key}'] differs from what the study's trial {trial.number} drew from "
+                                f"({distribution}): keep a study's search space, or start a new study with "
+                                f"--study_name or --study_dir") from None
+
+
+def starting_point(config, space):
+    """The config's value of each setting of the space that lies in it: where a new study starts."""
+    inside = lambda value, spec: value in spec[1] if spec[0] == "choice" else (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and spec[1] <= value <= spec[2])
+    return {key: config[key] for key, spec in space.items() if inside(config[key], spec)}
+
+
+def suggest(trial, space):
+    """{setting: value} drawn by the trial for each setting of the space."""
+    values = {}
+    for key, spec in space.items():
+        if spec[0] == "choice":
+            values[key] = trial.suggest_categorical(key, spec[1])
+        elif spec[0] == "int":
+            values[key] = trial.suggest_int(key, spec[1], spec[2], log=spec[3])
+        else:
+            values[key] = trial.suggest_float(key, spec[1], spec[2], log=spec[3])
+    return values
+
+
+def flags_of(settings):
+    """--key=value flags that configure reads back as the same values."""
+    return [f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in settings.items()]
+
+
+def die_with_parent():
+    """In the child: its own session (a Ctrl-C at the terminal goes to tune.py alone, which passes it on), and on
+    Linux a SIGTERM when tune.py dies, even by kill -9, so that train.py saves and exits instead of running on."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def new_records(path, offset):
+    """(records, new offset): the whole lines of a metrics.jsonl past offset."""
+    if not os.path.exists(path):
+        return [], offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    whole = data[:data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.strip()], offset + len(whole)
+
+
+def run_trial(trial, command, trial_dir, max_seconds, max_iters, poll_seconds=0.5):
+    """
+    Run command (train.py and the trial's flags) with its log in trial_dir/train.log; report the best val bits per
+    byte so far to the trial at each evaluation, and stop the process (SIGTERM: it saves and exits) when Optuna
+    prunes the trial. Returns (state, best val bpb or None, seconds, error line or None); state is 'complete',
+    'pruned' or 'failed'. KeyboardInterrupt stops the process too, then propagates.
+    """
+    metrics_path = os.path.join(trial_dir, "metrics.jsonl")
+    log_path = os.path.join(trial_dir, "train.log")
+    best, offset, pruned, last_step = math.inf, 0, False, -1
+    start = time.time()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        while True:
+            finished = process.poll() is not None
+            records, offset = new_records(metrics_path, offset)
+            for record in records:
+                if record.get("kind") == "eval" and "val_bpb" in record and not pruned:
+                    best = min(best, record["val_bpb"])
+                    for step in progress_steps(record, last_step, max_seconds, max_iters):
+                        trial.report(best, step)
+                        last_step = step
+                    if last_step >= 0 and trial.should_prune():
+                        pruned = True
+                        process.send_signal(signal.SIGTERM)
+            if finished:
+                break
+            try:
+                process.wait(timeout=poll_seconds)
+            except subprocess.TimeoutExpired:
+                pass
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+        raise
+    seconds = time.time() - start
+    if pruned:
+        return "pruned", best, seconds, None
+    if process.returncode != 0:
+        return "failed", None, seconds, error_line(log_path, process.returncode)
+    if not math.isfinite(best):
+        return "failed", None, seconds, "train.py logged no evaluation (is max_iters 0?)"
+    return "complete", best, seconds, None
+
+
+def progress_steps(record, last_step, max_seconds, max_iters):
+    """
+    The steps at which an evaluation's record is reported to Optuna, whose pruner compares trials at equal steps:
+    the multiples of 5% of the trial passed since last_step, in time for trials of max_seconds each (so that a
+    small fast model and a big slow one are compared at equal times), else in iterations.
+    """
+    done = record["elapsed"] / max_seconds if max_seconds else record["iter"] / max(max_iters, 1)
+    return range(last_step + 5 if last_step >= 0 else 5, min(int(20 * done) * 5, 100) + 1, 5)
+
+
+def error_line(log_path, returncode):
+    """train.py's one-line error from its log, or the log's last line."""
+    with open(log_path, errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1][len("error: "):]
+    return f"exit status {returncode}: {lines[-1] if lines else 'no output'}"
+
+
+def open_study(storage, name, study_dir, seed, prune_after=5):
+    """
+    The Optuna study `name` (created if new): in study_dir/journal.log, which the workers of one machine share
+    through file locks, or in the database at the storage URL (postgresql+psycopg://user:password@host/db).
+    """
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # tune.py prints its own line per trial
+    if storage:
+        try:
+            backend = database_storage(storage)
+        except ImportError as e:  # Optuna's, raised from the driver's ModuleNotFoundError
+            driver = getattr(e.__cause__, "name", None) or e.name
+            raise UserError(f"storage {hide_password(storage)} needs the database driver {driver}, which is not "
+                            f"installed: install it (for PostgreSQL: pip install 'psycopg[binary]' and a "
+                            f"postgresql+psycopg:// URL)") from None
+        except Exception as e:  # sqlalchemy's errors: a malformed URL, a server that cannot be reached
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot open storage {hide_password(storage)}: {reason}") from None
+    else:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        backend = JournalStorage(JournalFileBackend(os.path.join(study_dir, "journal.log")))
+    study = optuna.create_study(study_name=name, storage=backend, direction="minimize", load_if_exists=True,
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after,
+                                                                   n_warmup_steps=PRUNE_FROM))
+    # seeded, so that a search can be repeated; a worker that joins a study draws its own settings, as the seed
+    # counts the trials so far
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), constant_liar=True)
+    return study
+
+
+def database_storage(url, attempts=3):
+    """Optuna's storage in the database at url. Workers that start together on a new database race to create its
+    tables, and all but one fail on a duplicate: they try again, and find the tables made."""
+    import optuna
+    import sqlalchemy
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+
+
+def hide_password(url):
+    """url with its password, if any, as ***."""
+    head, at, tail = url.rpartition("@")
+    if not at or "://" not in head:
+        return url
+    scheme, _, credentials = head.partition("://")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{tail}"
+
+
+def trials_taken(study, before=None):
+    """The study's trials that are finished (complete or pruned) or running; of those numbered below `before`."""
+    import optuna
+    taken = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    return sum(t.state in taken and (before is None or t.number < before) for t in study.get_trials(deepcopy=False))
+
+
+def record_trial(study, trial, state, value, seconds, error):
+    """Tell the study how the trial ended, and print a line on it and on the best so far."""
+    import optuna
+    trial.set_user_attr("seconds", seconds)
+    if error:
+        trial.set_user_attr("error", error)
+    states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
+              "failed": optuna.trial.TrialState.FAIL}
+    study.tell(trial, value if state == "complete" else None, state=states[state])
+    outcome = f"val bpb {value:.4f}" if value is not None else error
+    print(f"trial {trial.number} {state}: {outcome}, {seconds:.0f}s | {trials_taken(study)} taken, "
+          f"{best_line(study)}", flush=True)
+
+
+def best_line(study):
+    best = complete_trials(study)
+    if not best:
+        return "none complete yet"
+    best = min(best, key=lambda t: t.value)
+    return f"best {best.value:.4f} (trial {best.number}: {settings_text(best.params)})"
+
+
+def complete_trials(study):
+    import optuna
+    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def settings_text(params):
+    return ", ".join(f"{key}={format_value(value)}" for key, value in params.items())
+
+
+def fail_orphans(study):
+    """Mark failed the trials that a worker on this machine left running when it was killed."""
+    import optuna
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = t.user_attrs.get("worker", "").rpartition(":")
+        if worker_host == host and pid.isdigit() and not process_alive(int(pid)):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            print(f"trial {t.number}: its worker (process {pid}) is gone; marked failed")
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def drop_checkpoints_but_the_best(study, study_dir):
+    """Delete the ckpt.pt of every finished trial but the best complete one, so that a search does not fill the
+    disk; running trials keep theirs."""
+    import optuna
+    complete = complete_trials(study)
+    best = min(complete, key=lambda t: t.value).number if complete else None
+    for t in study.get_trials(deepcopy=False):
+        path = os.path.join(study_dir, f"trial_{t.number}", "ckpt.pt")
+        if t.number != best and t.state != optuna.trial.TrialState.RUNNING and os.path.exists(path):
+            os.remove(path)
+
+
+def best_config(fixed, params):
+    """best.py: the fixed settings, then the best ones found, as a config file."""
+    lines = ["# found by tune.py: the settings every trial had, then the best trial's\n"]
+    lines += [f"{key} = {value!r}\n" for key, value in fixed.items()]
+    lines += ["\n"] + [f"{key} = {value!r}\n" for key, value in params.items()]
+    return "".join(lines)
+
+
+def write_results(study, study_dir, fixed, space):
+    """trials.csv, best.py (if a trial completed), history.png and importance.png in study_dir."""
+    import optuna
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    with replaced_atomically(os.path.join(study_dir, "trials.csv"), what="trials table") as [tmp], \
+            open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["number", "state", "val_bpb", "seconds", *space, "error"])
+        for t in trials:
+            writer.writerow(table_row(t, space) + [t.user_attrs.get("error", "")])
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return
+    best = study.best_trial
+    with replaced_atomically(os.path.join(study_dir, "best.py"), what="best settings") as [tmp], \
+            open(tmp, "w") as f:
+        f.write(best_config(fixed, best.params))
+    plot_history(complete, os.path.join(study_dir, "history.png"))
+    plot_importance(study, os.path.join(study_dir, "importance.png"))
+
+
+def table_row(trial, space):
+    """number, state, val bpb, seconds and each setting of a trial, as text."""
+    value = "" if trial.value is None else f"{trial.value:.4f}"
+    seconds = trial.user_attrs.get("seconds", "")
+    return [trial.number, trial.state.name.lower(), value, f"{seconds:.0f}" if seconds != "" else "",
+            *(format_value(trial.params.get(key, "")) for key in space)]
+
+
+def format_value(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def plot_history(complete, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    numbers = [t.number for t in complete]
+    values = [t.value for t in complete]
+    best_so_far = [min(values[:i + 1]) for i in range(len(values))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(numbers, values, s=14, label="trial")
+    ax.step(numbers, best_so_far, where="post", color="C1", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best val bits per byte")
+    ax.legend()
+    fig.tight_layout()
+    with replaced_atomically(path, what="plot") as [tmp]:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_importance(study, path):
+    """How much each setting mattered (Optuna's fANOVA), once there are enough trials to tell."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    try:
+        importance = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # too few completed trials, or one setting alone
+        return
+    names = list(importance)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.2))
+    ax.barh(names, [importance[name] for name in names])
+    ax.set_xlabel("importance for val bits per byte (fANOVA)")
+    fig.tight_layout()
+    with replaced_atomically(path, what="plot") as [tmp]:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def print_summary(study, study_dir, space):
+    """The table of trials, and where the best settings are."""
+    rows = [["trial", "state", "val bpb", "seconds", *space]]
+    rows += [[str(cell) for cell in table_row(t, space)] for t in sorted(study.get_trials(deepcopy=False),
+                                                                       key=lambda t: t.number)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+    complete = complete_trials(study)
+    if not complete:
+        raise UserError(f"no trial finished: see the trials' train.log in {study_dir}, and trials.csv")
+    print(f"{best_line(study)}\nbest settings in {os.path.join(study_dir, 'best.py')}: "
+          f"python train.py {os.path.join(study_dir, 'best.py')}")

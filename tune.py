@@ -1,0 +1,94 @@
+"""
+Find good train.py settings for your own text: a search with Optuna, each trial a train.py run.
+
+    python tune.py config/tune_shakespeare_char_cpu.py              # search, print the best settings found
+    python tune.py config/tune_shakespeare_char_cpu.py --trials=60  # go on until the study has 60 finished trials
+    python train.py out-tune/best.py                                # train with the best settings found
+    optuna-dashboard out-tune/journal.log                           # watch it (pip install optuna-dashboard)
+
+Settings: every train.py setting, the same for all trials (config files, then --key=value), and tune.py's own
+below. The tune config's `search` says what to try: {"learning_rate": (1e-4, 1e-2, "log"), "n_layer": [2, 3, 4],
+"dropout": (0.0, 0.3)}: (low, high) a uniform range, of ints or floats as the bounds are; (low, high, "log") a
+log range; [a, b, ...] choices. A new study's first trial takes the config's own values of those settings, so
+that the search sets out from what you have. Each trial runs train.py in study_dir/trial_N with its settings as
+flags, and scores its best val bits per byte, which compares tokenizers too. Optuna's TPE sampler (seeded)
+draws the settings; its median pruner stops (SIGTERM) a trial whose evaluations fall behind the others' at the
+same share of the trial's time (with max_seconds) or steps, from 40% on. Running the same command again
+continues the study; so do workers on other machines given the same database `storage`. Ctrl-C stops the
+running trial and the search. Only the best trial keeps its ckpt.pt. See smallgpt/tuning.py.
+"""
+
+import os
+import socket
+import sys
+import time
+
+from smallgpt.configurator import configure, defaults_of
+from smallgpt.errors import UserError
+from smallgpt.files import make_dir
+from smallgpt.tuning import (PER_TRIAL, check_study_space, drop_checkpoints_but_the_best, fail_orphans, flags_of,
+                             open_study, print_summary, record_trial, run_trial, script_defaults, search_space,
+                             starting_point, suggest, trials_taken, write_results)
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+TRAIN_DEFAULTS = script_defaults(os.path.join(ROOT, "train.py"))
+FAILURES_IN_A_ROW = 5  # then the search stops: the settings it is given are likely at fault, not the draw
+
+# -----------------------------------------------------------------------------
+trials = 20  # finished (complete or pruned) trials the study should have, over all its workers
+study_dir = "out-tune"  # trial_N/ folders, trials.csv, best.py, the plots, and the default storage
+storage = ""  # '': a journal file in study_dir; or a database URL that workers on several machines share
+study_name = "smallgpt"  # the study within the storage
+timeout = 0  # seconds for this worker's search (0: no limit); a trial starts only if its max_seconds fit
+prune_after = 5  # complete trials before the pruner compares a trial's evaluations with theirs
+search = None  # {train.py setting: range or choices}, in the tune config file
+torchrun = ""  # run each trial as `torchrun THESE train.py ...`, e.g. '--standalone --nproc_per_node=4'
+# -----------------------------------------------------------------------------
+config = configure({**TRAIN_DEFAULTS, **defaults_of(globals())}, sys.argv[1:])
+globals().update(config)
+# -----------------------------------------------------------------------------
+
+space = search_space(search, TRAIN_DEFAULTS)
+fixed = {key: config[key] for key in TRAIN_DEFAULTS  # what every trial gets: the settings changed from train.py's
+         if config[key] != TRAIN_DEFAULTS[key] and key not in space and key not in PER_TRIAL}
+make_dir(study_dir, "study_dir")
+study = open_study(storage, study_name, study_dir, config["seed"], prune_after)
+check_study_space(study, space)
+fail_orphans(study)  # trials left running by a worker on this machine that was killed
+if not study.trials:  # a new study tries the config's own settings first: the search sets out from what you have
+    study.enqueue_trial(starting_point(config, space), skip_if_exists=True)
+launcher = [sys.executable, "-m", "torch.distributed.run", *torchrun.split()] if torchrun else [sys.executable]
+print(f"study '{study_name}' in {storage or study_dir}: {len(space)} settings searched, {trials} trials wanted")
+
+started, failures, trial = time.time(), 0, None
+try:
+    while trials_taken(study) < trials:  # else done, or other workers are running the last ones
+        if timeout and time.time() - started + config["max_seconds"] > timeout:  # a trial of that time would not fit
+            print(f"timeout: the {timeout}s of this search are over")
+            break
+        trial = study.ask()
+        if trials_taken(study, before=trial.number) >= trials:  # another worker took the last trial meanwhile
+            record_trial(study, trial, "failed", None, 0.0, "not run: the study had all its trials")
+            break
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        settings = suggest(trial, space)
+        trial_dir = os.path.join(study_dir, f"trial_{trial.number}")
+        make_dir(trial_dir, "the trial's folder")
+        command = [*launcher, os.path.join(ROOT, "train.py"), *flags_of({**fixed, **settings}),
+                   f"--out_dir={trial_dir}"]
+        trial_settings = {**config, **settings}
+        state, value, seconds, error = run_trial(trial, command, trial_dir, trial_settings["max_seconds"],
+                                                 trial_settings["max_iters"])
+        record_trial(study, trial, state, value, seconds, error)
+        trial = None
+        drop_checkpoints_but_the_best(study, study_dir)
+        failures = failures + 1 if state == "failed" else 0
+        if failures == FAILURES_IN_A_ROW:
+            raise UserError(f"{FAILURES_IN_A_ROW} trials in a row failed, the last with: {error}")
+except KeyboardInterrupt:
+    if trial is not None:
+        record_trial(study, trial, "failed", None, 0.0, "stopped by Ctrl-C")
+    print("stopped: run the same command to continue the study")
+finally:  # also when the search gives up: the table says why each trial failed
+    write_results(study, study_dir, fixed, space)
+print_summary(study, study_dir, space)
