@@ -204,8 +204,10 @@ def test_a_study_keeps_its_search_space(folder):
 
 
 def start_tune(folder, config, *args):
+    # Ctrl-C as at a terminal: a shell ignores SIGINT in the commands it starts in the background (CI may be one)
     return subprocess.Popen([sys.executable, str(ROOT / "tune.py"), str(config), *args], cwd=folder,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, seconds=120):
