@@ -1,6 +1,6 @@
 """
 The parts of tune.py's search that are not Optuna's: the search space, a trial as a train.py process, and the
-results written out. Optuna is imported only by tune.py and the functions that take its objects.
+results written out. Optuna is imported only inside the functions that use it.
 
 - script_defaults(path): a script's settings, read from its source without running it (train.py's for tune.py).
 - search_space(search, defaults): the search in a tune config checked against train.py's settings.
