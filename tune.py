@@ -8,14 +8,15 @@ Find good train.py settings for your own text: a search with Optuna, each trial 
 
 Settings: every train.py setting, the same for all trials (config files, then --key=value), and tune.py's own
 below. The tune config's `search` says what to try: {"learning_rate": (1e-4, 1e-2, "log"), "n_layer": [2, 3, 4],
-"dropout": (0.0, 0.3)}: (low, high) a uniform range, of ints or floats as the bounds are; (low, high, "log") a
-log range; [a, b, ...] choices. A new study's first trial takes the config's own values of those settings, so
-that the search sets out from what you have. Each trial runs train.py in study_dir/trial_N with its settings as
-flags, and scores its best val bits per byte, which compares tokenizers too. Optuna's TPE sampler (seeded)
-draws the settings; its median pruner stops (SIGTERM) a trial whose evaluations fall behind the others' at the
-same share of the trial's time (with max_seconds) or steps, from 40% on. Running the same command again
-continues the study; so do workers on other machines given the same database `storage`. Ctrl-C stops the
-running trial and the search. Only the best trial keeps its ckpt.pt. See smallgpt/tuning.py.
+"dropout": (0.0, 0.3)}: (low, high) a uniform range, of ints or floats as the bounds are; (low, high, "log") a log
+range; [a, b, ...] choices. A new study's first trial takes the config's own values of those settings, so that the
+search sets out from what you have. Each trial runs train.py in study_dir/trial_N with its settings as flags (on
+Linux in a fork of tune.py, which imports torch once for all trials), and scores its best val bits per byte, which
+compares tokenizers too. Optuna's TPE sampler (seeded) draws the settings; its median pruner stops (SIGTERM) a
+trial whose evaluations fall behind the others' at the same share of the trial's time (with max_seconds) or steps,
+from 40% on. Running the same command again continues the study; so do workers on other machines given the same
+database `storage`. Ctrl-C stops the running trial and the search. Only the best trial keeps its ckpt.pt. See
+smallgpt/tuning.py.
 """
 
 import os
@@ -26,9 +27,9 @@ import time
 from smallgpt.configurator import configure, defaults_of
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir
-from smallgpt.tuning import (PER_TRIAL, check_study_space, drop_checkpoints_but_the_best, fail_orphans, flags_of,
-                             open_study, print_summary, record_trial, run_trial, script_defaults, search_space,
-                             starting_point, suggest, trials_taken, write_results)
+from smallgpt.tuning import (FORK_TRIALS, PER_TRIAL, check_study_space, drop_checkpoints_but_the_best, fail_orphans,
+                             flags_of, open_study, preload, print_summary, record_trial, run_trial, script_defaults,
+                             search_space, starting_point, suggest, trials_taken, write_results)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TRAIN_DEFAULTS = script_defaults(os.path.join(ROOT, "train.py"))
@@ -57,7 +58,9 @@ check_study_space(study, space)
 fail_orphans(study)  # trials left running by a worker on this machine that was killed
 if not study.trials:  # a new study tries the config's own settings first: the search sets out from what you have
     study.enqueue_trial(starting_point(config, space), skip_if_exists=True)
-launcher = [sys.executable, "-m", "torch.distributed.run", *torchrun.split()] if torchrun else [sys.executable]
+launcher = [sys.executable, "-m", "torch.distributed.run", *torchrun.split()] if torchrun else []
+if not launcher and FORK_TRIALS:
+    preload(os.path.join(ROOT, "train.py"))  # once, not in every trial
 print(f"study '{study_name}' in {storage or study_dir}: {len(space)} settings searched, {trials} trials wanted")
 
 started, failures, trial = time.time(), 0, None
@@ -74,10 +77,9 @@ try:
         settings = suggest(trial, space)
         trial_dir = os.path.join(study_dir, f"trial_{trial.number}")
         make_dir(trial_dir, "the trial's folder")
-        command = [*launcher, os.path.join(ROOT, "train.py"), *flags_of({**fixed, **settings}),
-                   f"--out_dir={trial_dir}"]
+        argv = [os.path.join(ROOT, "train.py"), *flags_of({**fixed, **settings}), f"--out_dir={trial_dir}"]
         trial_settings = {**config, **settings}
-        state, value, seconds, error = run_trial(trial, command, trial_dir, trial_settings["max_seconds"],
+        state, value, seconds, error = run_trial(trial, launcher, argv, trial_dir, trial_settings["max_seconds"],
                                                  trial_settings["max_iters"])
         record_trial(study, trial, state, value, seconds, error)
         trial = None

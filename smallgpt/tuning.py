@@ -7,7 +7,9 @@ results written out. Optuna is imported only inside the functions that use it.
 - check_study_space(study, space): the search space must be the one the study's trials were drawn from.
 - starting_point(config, space): the config's own values of the searched settings, a new study's first trial.
 - suggest(trial, space): one value of each setting, drawn by the trial's sampler.
-- run_trial(trial, command, trial_dir, max_seconds, max_iters): train.py with the trial's settings; its
+- preload(script), start_trial(launcher, argv, log_path): a trial's process, forked from tune.py once it has
+  imported what train.py imports, so that a trial does not spend seconds importing torch.
+- run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters): train.py with the trial's settings; its
   evaluations reported to Optuna as they are logged (by the share of the trial's time or steps done), and the
   process stopped (SIGTERM) if Optuna prunes it.
 - open_study(storage, name, study_dir, seed, prune_after): the study, in study_dir's journal file or a database.
@@ -20,12 +22,13 @@ import ast
 import csv
 import ctypes
 import difflib
+import importlib
 import json
 import math
 import os
+import runpy
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -38,6 +41,9 @@ from smallgpt.files import read_text, replaced_atomically
 # that learn fast and then stall, and are noisy
 PRUNE_FROM = 40
 PER_TRIAL = ("out_dir", "init_from", "eval_only", "wandb_run_name")
+# a trial is train.py run in a fork of tune.py, which has imported what it needs; elsewhere than on Linux, forking
+# a process that has loaded system frameworks is not safe, so the fork starts a new Python
+FORK_TRIALS = sys.platform.startswith("linux")
 
 
 def script_defaults(path):
@@ -145,12 +151,73 @@ def flags_of(settings):
     return [f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in settings.items()]
 
 
-def die_with_parent():
-    """In the child: its own session (a Ctrl-C at the terminal goes to tune.py alone, which passes it on), and on
-    Linux a SIGTERM when tune.py dies, even by kill -9, so that train.py saves and exits instead of running on."""
+def preload(script):
+    """
+    Import the modules that script imports at its top, and the pyplot that metrics.py draws with: trials forked
+    from tune.py (start_trial) then start without importing them again, which takes seconds (torch's alone).
+    """
+    for node in ast.parse(read_text(script, "the script")).body:
+        for name in [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []:
+            importlib.import_module(name)
+    import matplotlib
+    matplotlib.use("Agg")
+    importlib.import_module("matplotlib.pyplot")
+
+
+def start_trial(launcher, argv, log_path):
+    """
+    Start `python argv...` as a fork of tune.py (see FORK_TRIALS), its output in log_path; returns its pid. With a
+    launcher (torchrun), the fork runs `launcher argv...` instead. The child has its own session (a Ctrl-C at the
+    terminal goes to tune.py alone, which passes it on) and on Linux gets a SIGTERM when tune.py dies, even by
+    kill -9, so that train.py saves and exits instead of running on.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into tune.py, nor runs its exit handlers (its database connection's)
+        code = 1
+        try:
+            code = run_child(launcher, argv, log_path)
+        finally:
+            os._exit(code)
+    return pid
+
+
+def run_child(launcher, argv, log_path):
+    """In start_trial's fork: run the script as Python would run it; its exit status."""
     os.setsid()
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    if launcher or not FORK_TRIALS:
+        os.environ["PYTHONUNBUFFERED"] = "1"
+        launcher = launcher or [sys.executable]
+        os.execv(launcher[0], [*launcher, *argv])
+    sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
+    sys.argv = list(argv)
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+        return 0
+    except SystemExit as e:  # as Python exits on it
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        sys.excepthook(*sys.exc_info())  # the script's own: configure's prints a UserError as one line
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def exit_status(pid):
+    """A child's exit status as subprocess gives it (-N: killed by signal N), or None while it runs."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return os.waitstatus_to_exitcode(status) if done else None
 
 
 def new_records(path, offset):
@@ -164,23 +231,21 @@ def new_records(path, offset):
     return [json.loads(line) for line in whole.splitlines() if line.strip()], offset + len(whole)
 
 
-def run_trial(trial, command, trial_dir, max_seconds, max_iters, poll_seconds=0.5):
+def run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters, poll_seconds=0.2):
     """
-    Run command (train.py and the trial's flags) with its log in trial_dir/train.log; report the best val bits per
-    byte so far to the trial at each evaluation, and stop the process (SIGTERM: it saves and exits) when Optuna
-    prunes the trial. Returns (state, best val bpb or None, seconds, error line or None); state is 'complete',
-    'pruned' or 'failed'. KeyboardInterrupt stops the process too, then propagates.
+    Run argv (train.py and the trial's flags; start_trial says how) with its log in trial_dir/train.log; report
+    the best val bits per byte so far to the trial at each evaluation, and stop the process (SIGTERM: it saves and
+    exits) when Optuna prunes the trial. Returns (state, best val bpb or None, seconds, error line or None); state
+    is 'complete', 'pruned' or 'failed'. KeyboardInterrupt stops the process too, then propagates.
     """
     metrics_path = os.path.join(trial_dir, "metrics.jsonl")
     log_path = os.path.join(trial_dir, "train.log")
     best, offset, pruned, last_step = math.inf, 0, False, -1
     start = time.time()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    pid = start_trial(launcher, argv, log_path)
     try:
         while True:
-            finished = process.poll() is not None
+            returncode = exit_status(pid)
             records, offset = new_records(metrics_path, offset)
             for record in records:
                 if record.get("kind") == "eval" and "val_bpb" in record and not pruned:
@@ -190,22 +255,19 @@ def run_trial(trial, command, trial_dir, max_seconds, max_iters, poll_seconds=0.
                         last_step = step
                     if last_step >= 0 and trial.should_prune():
                         pruned = True
-                        process.send_signal(signal.SIGTERM)
-            if finished:
+                        os.kill(pid, signal.SIGTERM)
+            if returncode is not None:
                 break
-            try:
-                process.wait(timeout=poll_seconds)
-            except subprocess.TimeoutExpired:
-                pass
+            time.sleep(poll_seconds)
     except KeyboardInterrupt:
-        process.send_signal(signal.SIGTERM)
-        process.wait()
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
         raise
     seconds = time.time() - start
     if pruned:
         return "pruned", best, seconds, None
-    if process.returncode != 0:
-        return "failed", None, seconds, error_line(log_path, process.returncode)
+    if returncode != 0:
+        return "failed", None, seconds, error_line(log_path, returncode)
     if not math.isfinite(best):
         return "failed", None, seconds, "train.py logged no evaluation (is max_iters 0?)"
     return "complete", best, seconds, None

@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, assert_clean_error, run_ok, run_script, user_error, with_char_data
+from smallgpt.configurator import configure
+from smallgpt.metrics import read_metrics
 from smallgpt.tuning import script_defaults, search_space, starting_point
 
 optuna = pytest.importorskip("optuna")
@@ -93,6 +95,19 @@ def test_a_new_study_starts_from_the_configs_own_values_that_lie_in_the_space():
     assert starting_point(config, space) == {"learning_rate": 3e-3}  # n_layer 4, dropout 0.0: left to the sampler
 
 
+def test_the_shipped_search_sets_out_from_the_cpu_recipe_and_trains_what_it_trains():
+    tune_config = configure({**TRAIN_DEFAULTS, **script_defaults(ROOT / "tune.py")},
+                            [str(ROOT / "config" / "tune_shakespeare_char_cpu.py")])
+    recipe = configure(TRAIN_DEFAULTS, [str(ROOT / "config" / "shakespeare_char_cpu.py")])
+    space = search_space(tune_config["search"], TRAIN_DEFAULTS)
+    assert starting_point(tune_config, space) == {key: recipe[key] for key in space}
+    # and every other setting the recipe changes, but its steps, which trials replace by a time (max_seconds), and
+    # how often it evaluates
+    changed = {key for key in TRAIN_DEFAULTS if recipe[key] != TRAIN_DEFAULTS[key]}
+    changed -= {"max_iters", "lr_decay_iters", "eval_interval"}
+    assert {key: tune_config[key] for key in changed} == {key: recipe[key] for key in changed}
+
+
 @pytest.mark.parametrize("search, fragments", [
     ({"learning_rte": (1e-4, 1e-2)}, ["'learning_rte' is not a train.py setting", "did you mean 'learning_rate'"]),
     ({"out_dir": ["a", "b"]}, ["'out_dir' is set by tune.py for each trial"]),
@@ -142,6 +157,17 @@ def test_a_tiny_search_writes_its_results_and_continues_when_run_again(folder):
     assert again.returncode == 0, again.stderr
     assert [row["number"] for row in read_trials(folder)] == ["0", "1", "2", "3"]
     assert "trial 3 complete" in again.stdout and "trial 0 " not in again.stdout
+
+
+@pytest.mark.slow
+def test_a_trial_forked_from_tune_py_trains_as_train_py_alone_does(folder):
+    assert tune(folder, write_tune_config(folder), "--trials=1").returncode == 0
+    alone = folder / "alone.py"  # the same settings as trial 0 (the config's own), as a train.py config
+    alone.write_text(TINY_SEARCH.replace("search = {search}\n", ""))
+    run_ok("train.py", alone, "--out_dir=out-alone", cwd=folder)
+    losses = [[(r["kind"], r["iter"], r.get("train_loss"), r.get("val_loss")) for r in read_metrics(path)]
+              for path in (folder / "out-tune" / "trial_0" / "metrics.jsonl", folder / "out-alone" / "metrics.jsonl")]
+    assert losses[0] == losses[1] and len(losses[0]) > 2
 
 
 @pytest.mark.slow
