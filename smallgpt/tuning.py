@@ -156,9 +156,10 @@ def preload(script):
     Import the modules that script imports at its top, and the pyplot that metrics.py draws with: trials forked
     from tune.py (start_trial) then start without importing them again, which takes seconds (torch's alone).
     """
-    for node in ast.parse(read_text(script, "the script")).body:
-        for name in [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) else []:
+    imports = [node for node in ast.parse(read_text(script, "the script")).body
+               if isinstance(node, (ast.Import, ast.ImportFrom))]
+    for node in imports:
+        for name in [node.module] if isinstance(node, ast.ImportFrom) else [alias.name for alias in node.names]:
             importlib.import_module(name)
     import matplotlib
     matplotlib.use("Agg")
