@@ -370,16 +370,17 @@ def record_trial(study, trial, state, value, seconds, error):
 
 
 def best_line(study):
-    best = complete_trials(study)
-    if not best:
+    best = best_complete(study)
+    if best is None:
         return "none complete yet"
-    best = min(best, key=lambda t: t.value)
     return f"best {best.value:.4f} (trial {best.number}: {settings_text(best.params)})"
 
 
-def complete_trials(study):
+def best_complete(study):
+    """The complete trial of the lowest val bpb, or None while none has completed."""
     import optuna
-    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    return min(complete, key=lambda t: t.value) if complete else None
 
 
 def settings_text(params):
@@ -411,11 +412,10 @@ def drop_checkpoints_but_the_best(study, study_dir):
     """Delete the ckpt.pt of every finished trial but the best complete one, so that a search does not fill the
     disk; running trials keep theirs."""
     import optuna
-    complete = complete_trials(study)
-    best = min(complete, key=lambda t: t.value).number if complete else None
+    best = best_complete(study)
     for t in study.get_trials(deepcopy=False):
         path = os.path.join(study_dir, f"trial_{t.number}", "ckpt.pt")
-        if t.number != best and t.state != optuna.trial.TrialState.RUNNING and os.path.exists(path):
+        if (best is None or t.number != best.number) and t.state != optuna.trial.TrialState.RUNNING and os.path.exists(path):
             os.remove(path)
 
 
@@ -440,7 +440,7 @@ def write_results(study, study_dir, fixed, space):
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return
-    best = study.best_trial
+    best = best_complete(study)
     with replaced_atomically(os.path.join(study_dir, "best.py"), what="best settings") as [tmp], \
             open(tmp, "w") as f:
         f.write(best_config(fixed, best.params))
@@ -507,8 +507,7 @@ def print_summary(study, study_dir, space):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
-    complete = complete_trials(study)
-    if not complete:
+    if best_complete(study) is None:
         raise UserError(f"no trial finished: see the trials' train.log in {study_dir}, and trials.csv")
     print(f"{best_line(study)}\nbest settings in {os.path.join(study_dir, 'best.py')}: "
           f"python train.py {os.path.join(study_dir, 'best.py')}")
