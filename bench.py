@@ -99,6 +99,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join("data", "shakespeare_char")
 RECIPE = os.path.join(ROOT, "config", "shakespeare_char_cpu.py")
 TUNE_CONFIG = os.path.join(ROOT, "config", "tune_shakespeare_char_cpu.py")
+RECIPE_NAME = "config/shakespeare_char_cpu.py"
 GPU_RECIPE = os.path.join(ROOT, "config", "shakespeare_char.py")
 BPE_RECIPE = os.path.join(ROOT, "config", "shakespeare_bpe_cpu.py")
 # nanoGPT's config/train_shakespeare_char.py spelled out; its CPU command (from its README) adds flags to it
@@ -480,7 +481,8 @@ def val_figures(stdout):
 
 def recipe_runs(runs, work_dir):
     """
-    For each (name, prepare.py args or None, train.py args), recipe_repeats times in turn, each time with the next
+    For each (name, prepare.py args or None, train.py args or a function that returns them), recipe_repeats times
+    in turn, each time with the next
     seed (a repeated seed would repeat the loss), run prepare.py and train.py in work_dir, the checkpoint going to
     out_dir_of(name); print the medians of the wall time of both, prepare included, and of the val figures.
     """
@@ -488,6 +490,8 @@ def recipe_runs(runs, work_dir):
     for repeat in range(recipe_repeats):
         for name, prepare_args, train_args in runs:
             prepare_wall = run_prepare(prepare_args, work_dir)[0] if prepare_args else 0.0
+            if callable(train_args):  # arguments that depend on the runs before it in this repeat
+                train_args = train_args()
             stdout, wall = run([sys.executable, os.path.join(ROOT, "train.py"), *train_args, f"--seed={seed + repeat}",
                                 f"--out_dir={out_dir_of(name)}"], work_dir)
             results[name].append((prepare_wall + wall, *val_figures(stdout)))
@@ -569,9 +573,22 @@ def bench_tune(work_dir):
           f"{search_wall - trial_seconds:.0f}s ({(search_wall - trial_seconds) / train_seconds:.1%})")
     with open(os.path.join(study_dir, "best.py")) as f:
         print(f"\n{study_dir}/best.py:\n{f.read()}")
-    recipe_runs([("config/shakespeare_char_cpu.py", None, [RECIPE, "--device=cpu"]),
-                 ("out-tune/best.py", None, [os.path.join(study_dir, "best.py"), "--eval_interval=1000000",
-                                             "--eval_iters=20"])], work_dir)
+
+    def best_in_the_recipes_time():
+        # the recipe's training time in this repeat, measured just before, so that both get the same time today
+        recipe_metrics = os.path.join(work_dir, out_dir_of(RECIPE_NAME), "metrics.jsonl")
+        recipe_seconds = training_seconds(read_metrics(recipe_metrics))
+        print(f"the recipe trained for {recipe_seconds:.1f}s: best.py gets --max_seconds={int(recipe_seconds)}")
+        return [os.path.join(study_dir, "best.py"), f"--max_seconds={int(recipe_seconds)}", "--eval_interval=1000000"]
+    recipe_runs([(RECIPE_NAME, None, [RECIPE, "--device=cpu"]),
+                 ("out-tune/best.py", None, best_in_the_recipes_time)], work_dir)
+
+
+def training_seconds(records):
+    """How long a run's steps took, from its first to its last (without the final evaluation), by its metrics."""
+    steps = [record for record in records if record["kind"] == "iter"]
+    step_seconds = (steps[-1]["elapsed"] - steps[0]["elapsed"]) / (steps[-1]["iter"] - steps[0]["iter"])
+    return steps[-1]["elapsed"] + (records[-1]["iter"] - 1 - steps[-1]["iter"]) * step_seconds
 
 
 # -----------------------------------------------------------------------------

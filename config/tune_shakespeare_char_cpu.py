@@ -31,6 +31,7 @@ n_layer = 3
 batch_size = 24
 
 trials = 60
+prune_after = 8  # the median of fewer complete trials is a noisy bar, and the first trials are random draws
 timeout = 3540  # an hour in all, with the start and the results written at the end
 # the optimizer's settings, which the hand tuning set by feel, and the trade of depth and batch against steps
 search = {

@@ -37,9 +37,9 @@ from smallgpt.errors import UserError
 from smallgpt.files import read_text, replaced_atomically
 
 # settings that tune.py sets for each trial itself
-# no trial is pruned before it has run this share (in %) of its time or steps: the early losses favour settings
-# that learn fast and then stall, and are noisy
-PRUNE_FROM = 40
+# a trial is pruned only between these shares (in %) of its time or steps: the early losses favour settings that
+# learn fast and then stall, and are noisy; late in a trial, stopping it saves little and loses its result
+PRUNE_FROM, PRUNE_UNTIL = 40, 70
 PER_TRIAL = ("out_dir", "init_from", "eval_only", "wandb_run_name")
 # a trial is train.py run in a fork of tune.py, which has imported what it needs; elsewhere than on Linux, forking
 # a process that has loaded system frameworks is not safe, so the fork starts a new Python
@@ -250,11 +250,12 @@ def run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters, poll_sec
             records, offset = new_records(metrics_path, offset)
             for record in records:
                 if record.get("kind") == "eval" and "val_bpb" in record and not pruned:
-                    best = min(best, record["val_bpb"])
-                    for step in progress_steps(record, last_step, max_seconds, max_iters):
-                        trial.report(best, step)
+                    for step, known in progress_reports(record, best, last_step, max_seconds, max_iters):
+                        if math.isfinite(known):
+                            trial.report(known, step)
                         last_step = step
-                    if last_step >= 0 and trial.should_prune():
+                    best = min(best, record["val_bpb"])
+                    if PRUNE_FROM <= last_step <= PRUNE_UNTIL and trial.should_prune():
                         pruned = True
                         os.kill(pid, signal.SIGTERM)
             if returncode is not None:
@@ -274,14 +275,17 @@ def run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters, poll_sec
     return "complete", best, seconds, None
 
 
-def progress_steps(record, last_step, max_seconds, max_iters):
+def progress_reports(record, best, last_step, max_seconds, max_iters):
     """
-    The steps at which an evaluation's record is reported to Optuna, whose pruner compares trials at equal steps:
-    the multiples of 5% of the trial passed since last_step, in time for trials of max_seconds each (so that a
-    small fast model and a big slow one are compared at equal times), else in iterations.
+    The (step, best val bpb known then) pairs that an evaluation's record reports to Optuna, whose pruner compares
+    trials at equal steps: the multiples of 5% of the trial passed since last_step, in time for trials of max_seconds
+    each (so that a small fast model and a big slow one are compared at equal times), else in iterations. An
+    evaluation counts from the share after it (at the end, at once): had it counted at the shares before it, a trial
+    that evaluates seldom would be compared by results that the others did not have yet. best is the best before it.
     """
     done = record["elapsed"] / max_seconds if max_seconds else record["iter"] / max(max_iters, 1)
-    return range(last_step + 5 if last_step >= 0 else 5, min(int(20 * done) * 5, 100) + 1, 5)
+    steps = range(last_step + 5 if last_step >= 0 else 5, min(int(20 * done) * 5, 100) + 1, 5)
+    return [(step, min(best, record["val_bpb"]) if step == 100 else best) for step in steps]
 
 
 def error_line(log_path, returncode):
@@ -316,11 +320,11 @@ def open_study(storage, name, study_dir, seed, prune_after=5):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         backend = JournalStorage(JournalFileBackend(os.path.join(study_dir, "journal.log")))
     study = optuna.create_study(study_name=name, storage=backend, direction="minimize", load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after,
-                                                                   n_warmup_steps=PRUNE_FROM))
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after))
     # seeded, so that a search can be repeated; a worker that joins a study draws its own settings, as the seed
     # counts the trials so far
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), constant_liar=True)
+    # multivariate: the settings are drawn together, as they interact (a learning rate fits a batch size and depth)
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), constant_liar=True, multivariate=True)
     return study
 
 
@@ -415,7 +419,8 @@ def drop_checkpoints_but_the_best(study, study_dir):
     best = best_complete(study)
     for t in study.get_trials(deepcopy=False):
         path = os.path.join(study_dir, f"trial_{t.number}", "ckpt.pt")
-        if (best is None or t.number != best.number) and t.state != optuna.trial.TrialState.RUNNING and os.path.exists(path):
+        kept = best is not None and t.number == best.number or t.state == optuna.trial.TrialState.RUNNING
+        if not kept and os.path.exists(path):
             os.remove(path)
 
 

@@ -7,6 +7,7 @@ PostgreSQL server), failed and pruned trials, Ctrl-C and kill -9, and clean fail
 import csv
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -391,10 +392,25 @@ def test_max_seconds_fits_the_schedule_to_the_time(folder):
 
 
 def test_trials_are_compared_at_equal_shares_of_their_time_or_steps():
-    from smallgpt.tuning import progress_steps
-    assert list(progress_steps({"iter": 300, "elapsed": 40.0}, -1, 0, 1000)) == [5, 10, 15, 20, 25, 30]  # steps
+    from smallgpt.tuning import progress_reports
+
+    def steps(record, last_step, max_seconds):
+        return [step for step, _ in progress_reports({**record, "val_bpb": 2.5}, 3.0, last_step, max_seconds, 1000)]
+    assert steps({"iter": 300, "elapsed": 40.0}, -1, 0) == [5, 10, 15, 20, 25, 30]  # in steps
     # 40s of 100: reported at 5%, 10%, ... 40%; then from 45% on
-    assert list(progress_steps({"iter": 300, "elapsed": 40.0}, -1, 100, 1000)) == list(range(5, 41, 5))
-    assert list(progress_steps({"iter": 400, "elapsed": 52.0}, 40, 100, 1000)) == [45, 50]
-    assert list(progress_steps({"iter": 100, "elapsed": 4.0}, -1, 100, 1000)) == []  # before the first 5%
-    assert list(progress_steps({"iter": 100, "elapsed": 104.0}, 95, 100, 1000)) == [100]  # the last, past the time
+    assert steps({"iter": 300, "elapsed": 40.0}, -1, 100) == list(range(5, 41, 5))
+    assert steps({"iter": 400, "elapsed": 52.0}, 40, 100) == [45, 50]
+    assert steps({"iter": 100, "elapsed": 4.0}, -1, 100) == []  # before the first 5%
+    assert steps({"iter": 100, "elapsed": 104.0}, 95, 100) == [100]  # the last, past the time
+
+
+def test_an_evaluation_counts_from_the_share_after_it():
+    from smallgpt.tuning import progress_reports
+    # at 52% of its time, a trial had the best of its evaluations before (2.9); this one's 2.5 counts from 55% on
+    reports = progress_reports({"iter": 400, "elapsed": 52.0, "val_bpb": 2.5}, 2.9, 40, 100, 1000)
+    assert reports == [(45, 2.9), (50, 2.9)]
+    first = progress_reports({"iter": 100, "elapsed": 30.0, "val_bpb": 2.5}, math.inf, -1, 100, 1000)
+    assert first[-1] == (30, math.inf)  # nothing known yet: run_trial reports nothing
+    # the last evaluation counts at once, and a worse one does not undo the best
+    assert progress_reports({"iter": 900, "elapsed": 101.0, "val_bpb": 2.5}, 2.9, 95, 100, 1000) == [(100, 2.5)]
+    assert progress_reports({"iter": 900, "elapsed": 101.0, "val_bpb": 3.1}, 2.9, 95, 100, 1000) == [(100, 2.9)]
