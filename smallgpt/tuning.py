@@ -241,7 +241,7 @@ def run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters, poll_sec
     """
     metrics_path = os.path.join(trial_dir, "metrics.jsonl")
     log_path = os.path.join(trial_dir, "train.log")
-    best, offset, pruned, last_step = math.inf, 0, False, -1
+    before, offset, pruned, last_step = None, 0, False, -1  # before: the last evaluation's share and best val bpb
     start = time.time()
     pid = start_trial(launcher, argv, log_path)
     try:
@@ -250,11 +250,11 @@ def run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters, poll_sec
             records, offset = new_records(metrics_path, offset)
             for record in records:
                 if record.get("kind") == "eval" and "val_bpb" in record and not pruned:
-                    for step, known in progress_reports(record, best, last_step, max_seconds, max_iters):
-                        if math.isfinite(known):
-                            trial.report(known, step)
+                    reports, before = progress_reports(record, before, last_step, max_seconds, max_iters)
+                    for step, value in reports:
+                        if math.isfinite(value):
+                            trial.report(value, step)
                         last_step = step
-                    best = min(best, record["val_bpb"])
                     if PRUNE_FROM <= last_step <= PRUNE_UNTIL and trial.should_prune():
                         pruned = True
                         os.kill(pid, signal.SIGTERM)
@@ -266,6 +266,7 @@ def run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters, poll_sec
         os.waitpid(pid, 0)
         raise
     seconds = time.time() - start
+    best = before[1] if before else math.inf
     if pruned:
         return "pruned", best, seconds, None
     if returncode != 0:
@@ -275,17 +276,21 @@ def run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters, poll_sec
     return "complete", best, seconds, None
 
 
-def progress_reports(record, best, last_step, max_seconds, max_iters):
+def progress_reports(record, before, last_step, max_seconds, max_iters):
     """
-    The (step, best val bpb known then) pairs that an evaluation's record reports to Optuna, whose pruner compares
-    trials at equal steps: the multiples of 5% of the trial passed since last_step, in time for trials of max_seconds
-    each (so that a small fast model and a big slow one are compared at equal times), else in iterations. An
-    evaluation counts from the share after it (at the end, at once): had it counted at the shares before it, a trial
-    that evaluates seldom would be compared by results that the others did not have yet. best is the best before it.
+    The (step, val bpb) pairs that an evaluation's record reports to Optuna, whose pruner compares trials at equal
+    steps: the multiples of 5% of the trial passed since last_step, in time for trials of max_seconds each (so that a
+    small fast model and a big slow one are compared at equal times), else in iterations. Trials evaluate at
+    different shares of their time, so the value at a step is read off the line from the evaluation before (before:
+    its share and the best val bpb then) to this one's best; before the first, it is unknown (inf). Returns the
+    pairs and (this evaluation's share, the best val bpb now).
     """
     done = record["elapsed"] / max_seconds if max_seconds else record["iter"] / max(max_iters, 1)
     steps = range(last_step + 5 if last_step >= 0 else 5, min(int(20 * done) * 5, 100) + 1, 5)
-    return [(step, min(best, record["val_bpb"]) if step == 100 else best) for step in steps]
+    if before is None:
+        return [(step, math.inf) for step in steps], (done, record["val_bpb"])
+    (share, best), now = before, min(before[1], record["val_bpb"])
+    return [(step, best + (now - best) * (step / 100 - share) / (done - share)) for step in steps], (done, now)
 
 
 def error_line(log_path, returncode):

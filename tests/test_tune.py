@@ -395,7 +395,8 @@ def test_trials_are_compared_at_equal_shares_of_their_time_or_steps():
     from smallgpt.tuning import progress_reports
 
     def steps(record, last_step, max_seconds):
-        return [step for step, _ in progress_reports({**record, "val_bpb": 2.5}, 3.0, last_step, max_seconds, 1000)]
+        reports, _ = progress_reports({**record, "val_bpb": 2.5}, None, last_step, max_seconds, 1000)
+        return [step for step, _ in reports]
     assert steps({"iter": 300, "elapsed": 40.0}, -1, 0) == [5, 10, 15, 20, 25, 30]  # in steps
     # 40s of 100: reported at 5%, 10%, ... 40%; then from 45% on
     assert steps({"iter": 300, "elapsed": 40.0}, -1, 100) == list(range(5, 41, 5))
@@ -404,13 +405,14 @@ def test_trials_are_compared_at_equal_shares_of_their_time_or_steps():
     assert steps({"iter": 100, "elapsed": 104.0}, 95, 100) == [100]  # the last, past the time
 
 
-def test_an_evaluation_counts_from_the_share_after_it():
+def test_values_between_evaluations_are_read_off_the_line_between_them():
     from smallgpt.tuning import progress_reports
-    # at 52% of its time, a trial had the best of its evaluations before (2.9); this one's 2.5 counts from 55% on
-    reports = progress_reports({"iter": 400, "elapsed": 52.0, "val_bpb": 2.5}, 2.9, 40, 100, 1000)
-    assert reports == [(45, 2.9), (50, 2.9)]
-    first = progress_reports({"iter": 100, "elapsed": 30.0, "val_bpb": 2.5}, math.inf, -1, 100, 1000)
-    assert first[-1] == (30, math.inf)  # nothing known yet: run_trial reports nothing
-    # the last evaluation counts at once, and a worse one does not undo the best
-    assert progress_reports({"iter": 900, "elapsed": 101.0, "val_bpb": 2.5}, 2.9, 95, 100, 1000) == [(100, 2.5)]
-    assert progress_reports({"iter": 900, "elapsed": 101.0, "val_bpb": 3.1}, 2.9, 95, 100, 1000) == [(100, 2.9)]
+    first, before = progress_reports({"iter": 100, "elapsed": 30.0, "val_bpb": 2.9}, None, -1, 100, 1000)
+    assert [value for _, value in first] == [math.inf] * 6 and before == (0.3, 2.9)  # nothing known before it
+    # evaluations at 30% (2.9) and 52% (2.5): at 45%, 2.9 - 0.4 * 15 / 22
+    reports, now = progress_reports({"iter": 400, "elapsed": 52.0, "val_bpb": 2.5}, before, 30, 100, 1000)
+    assert [step for step, _ in reports] == [35, 40, 45, 50] and now == (0.52, 2.5)
+    assert reports[2][1] == pytest.approx(2.9 - 0.4 * 15 / 22)
+    # a worse evaluation does not undo the best: the line stays flat
+    reports, now = progress_reports({"iter": 900, "elapsed": 101.0, "val_bpb": 3.1}, (0.9, 2.5), 90, 100, 1000)
+    assert reports == [(95, 2.5), (100, 2.5)] and now == (1.01, 2.5)
