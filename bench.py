@@ -482,9 +482,9 @@ def val_figures(stdout):
 def recipe_runs(runs, work_dir):
     """
     For each (name, prepare.py args or None, train.py args or a function that returns them), recipe_repeats times
-    in turn, each time with the next
-    seed (a repeated seed would repeat the loss), run prepare.py and train.py in work_dir, the checkpoint going to
-    out_dir_of(name); print the medians of the wall time of both, prepare included, and of the val figures.
+    in turn, each time with the next seed (a repeated seed would repeat the loss), run prepare.py and train.py in
+    work_dir, the checkpoint going to out_dir_of(name); print the medians of the wall time of both, prepare
+    included, and of the val figures.
     """
     results = {name: [] for name, _, _ in runs}
     for repeat in range(recipe_repeats):
@@ -527,7 +527,7 @@ def bench_recipe(work_dir):
                      ("config/shakespeare_char.py", None, [GPU_RECIPE, f"--device={device}"])], work_dir)
     else:
         recipe_runs([("nanoGPT's CPU command", None, NANOGPT_CPU),
-                     ("config/shakespeare_char_cpu.py", None, [RECIPE, "--device=cpu"]),
+                     (RECIPE_NAME, None, [RECIPE, "--device=cpu"]),
                      ("config/shakespeare_bpe_cpu.py", bpe_prepare("--tokenizer=bpe", "--dataset=shakespeare_bpe"),
                       [BPE_RECIPE, "--device=cpu"])], work_dir)
 
@@ -601,7 +601,7 @@ with tempfile.TemporaryDirectory() as tmp:
     if part in ("all", "recipe"):
         bench_recipe(work_dir)
     if part in ("all", "sample"):  # after the recipes, from the character recipe's model
-        bench_sample(os.path.join(work_dir, out_dir_of("config/shakespeare_char_cpu.py")) if part == "all" else "out")
+        bench_sample(os.path.join(work_dir, out_dir_of(RECIPE_NAME)) if part == "all" else "out")
     if part in ("all", "prepare"):
         bench_prepare()
     if part == "tokenizers":
