@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig
-from smallgpt.budget import steps_that_fit
+from smallgpt.budget import TimeBudget
 from smallgpt.checkpoint import (PRETRAINED_KEYS, load_training_state, mark_stopped_early, read_for_resuming,
                                  restore_rng_states, rng_states, save_checkpoint, start_from_pretrained, training_state)
 from smallgpt.configurator import configure, defaults_of
@@ -214,6 +214,9 @@ if init_from == "resume":
     best_val_loss, best_iter = checkpoint["best_val_loss"], checkpoint["best_iter"]
     if master_process:
         print(f"resuming from {ckpt_path} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
+budget = TimeBudget(max_seconds, eval_interval, device, checkpoint and checkpoint.get("budget"), iter_num)
+if budget.steps:  # a resumed run goes on to the end fitted to its time, in the time left
+    max_iters = lr_decay_iters = budget.steps
 
 if init_from in ("scratch", "resume"):
     model = GPT(GPTConfig(**model_args))
@@ -288,7 +291,8 @@ def write_checkpoint():
         save_checkpoint(ckpt_path, {
             "model": model_state, "model_args": model_args, "optimizer": optimizer_state,
             "scaler": scaler.state_dict(), "iter_num": iter_num, "best_val_loss": best_val_loss,
-            "best_iter": best_iter, "config": config, "tokenizer": tokenizer_spec, "pretrained": pretrained, **rng})
+            "best_iter": best_iter, "config": config, "tokenizer": tokenizer_spec, "pretrained": pretrained, **rng,
+            **budget.saved()})
         print(f"saving checkpoint to {ckpt_path}")
 
 
@@ -311,10 +315,9 @@ if master_process and not eval_only:
 peak = peak_flops(device, dtype) if master_process else 0.0
 batches = train_batches(iter_num)
 X, Y = next(batches)  # fetch the very first batch
-run_start = t0 = time.time()
+run_start = t0 = budget.start = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
-stopped_early = False  # patience ran out
-running_mfu = -1.0
+stopped_early, running_mfu = False, -1.0  # stopped_early: patience ran out
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
@@ -323,6 +326,7 @@ while True:
     # evaluate the loss on train/val sets and write checkpoints
     at_interval = iter_num % eval_interval == 0 and (local_iter_num > 0 or eval_at_start)
     if at_interval or iter_num == max_iters or eval_only:
+        eval_start = time.time()
         losses, bpb = estimate_loss()  # bpb: bits per byte of the UTF-8 text, which compare across tokenizers
         check_finite(losses["val"], "val loss")
         improved = losses["val"] < best_val_loss and not eval_only
@@ -340,6 +344,7 @@ while True:
         if (improved or always_save_checkpoint and not patience) and iter_num > 0 and not eval_only:
             write_checkpoint()
         stopped_early = patience and iter_num - best_iter >= patience * eval_interval and not eval_only
+        budget.evaluated(time.time() - eval_start)
     if iter_num >= max_iters or eval_only or stopped_early:
         break
 
@@ -372,12 +377,8 @@ while True:
         first_step_end = t1  # the time left is estimated without the first step, which carries start-up
         if compile and master_process:
             print(f"compiled: the first evaluation and step took {t1 - run_start:.1f}s")
-    # with max_seconds, the schedule's end is fitted to the time left: after ten steps, then at every evaluation
-    if max_seconds and (local_iter_num == 10 or at_interval and local_iter_num > 10):
-        step_time = (t1 - first_step_end) / local_iter_num  # evaluations included, in the share that they recur
-        max_iters = lr_decay_iters = iter_num + 1 + steps_that_fit(max_seconds - (t1 - run_start), step_time, device)
-        if master_process:
-            print(f"max_seconds={max_seconds}: {max_iters} steps fit, at {step_time * 1000:.0f}ms a step")
+    if max_seconds and local_iter_num % 10 == 0 and budget.fit(iter_num + 1, master_process):  # every ten steps
+        max_iters = lr_decay_iters = budget.steps  # the schedule's end fitted to the time left
     if iter_num % log_interval == 0:
         if ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -410,11 +411,10 @@ if stopped_early and master_process:  # ckpt.pt holds the best evaluation's weig
     metrics.log(kind="early_stop", iter=iter_num, best_iter=best_iter, best_val_loss=best_val_loss)
 if metrics:
     metrics.close()
-if master_process:
-    if local_iter_num > 0:
-        wall = time.time() - run_start
-        print(f"done: best val loss {best_val_loss:.4f} at iter {best_iter}, {format_duration(wall)}, "
-              f"{local_iter_num * tokens_per_iter / wall:,.0f} tokens/s")
+if master_process and local_iter_num > 0:
+    wall = time.time() - run_start
+    print(f"done: best val loss {best_val_loss:.4f} at iter {best_iter}, {format_duration(wall)}, "
+          f"{local_iter_num * tokens_per_iter / wall:,.0f} tokens/s")
 if ddp:
     dist.barrier()  # no process tears down its process group while another may still use it
     dist.destroy_process_group()

@@ -6,30 +6,33 @@ Find good train.py settings for your own text: a search with Optuna, each trial 
     python train.py out-tune/best.py                                # train with the best settings found
     optuna-dashboard out-tune/journal.log                           # watch it (pip install optuna-dashboard)
 
-Settings: every train.py setting, the same for all trials (config files, then --key=value), and tune.py's own
-below. The tune config's `search` says what to try: {"learning_rate": (1e-4, 1e-2, "log"), "n_layer": [2, 3, 4],
-"dropout": (0.0, 0.3)}: (low, high) a uniform range, of ints or floats as the bounds are; (low, high, "log") a log
-range; [a, b, ...] choices. A new study's first trial takes the config's own values of those settings, so that the
-search sets out from what you have. Each trial runs train.py in study_dir/trial_N with its settings as flags (on
-Linux in a fork of tune.py, which imports torch once for all trials), and scores its best val bits per byte, which
-compares tokenizers too. Optuna's TPE sampler (seeded) draws the settings; its median pruner stops (SIGTERM) a
-trial whose evaluations fall behind the others' at the same share of the trial's time (with max_seconds) or steps,
-from 40% on. Running the same command again continues the study; so do workers on other machines given the same
-database `storage`. Ctrl-C stops the running trial and the search. Only the best trial keeps its ckpt.pt. See
-smallgpt/tuning.py.
+Settings: every train.py setting, the same for all trials (config files, then --key=value; init_from too, for a
+finetuning search), and tune.py's own below. The tune config's `search` says what to try: {"learning_rate": (1e-4,
+1e-2, "log"), "n_layer": [2, 3, 4], "dropout": (0.0, 0.3)}: (low, high) a uniform range, of ints or floats as the
+bounds are; (low, high, "log") a log range; [a, b, ...] choices. A new study's first trial takes the config's own
+values of those settings, so that the search sets out from what you have. Each trial runs train.py in
+study_dir/trial_N with its settings as flags (on Linux in a fork of tune.py, which imports torch once for all
+trials), and scores its best val bits per byte, which compares tokenizers too. Optuna's TPE sampler draws the
+settings (seeded for each trial by its number); its median pruner stops (SIGTERM) a trial whose evaluations fall
+behind the others' at the same share of the trial's time (with max_seconds) or steps, between 40% and 70% of it.
+Running the same command again continues the study; so do workers on other machines given the same database
+`storage`. A study_dir holds one study's files. Each worker records a heartbeat with its running trial, so that a
+trial whose worker died anywhere is failed and run again. Ctrl-C stops the running trial and the search. Only the
+best trial keeps its ckpt.pt; best.py holds the best trial's own settings. See smallgpt/tuning.py.
 """
 
 import os
-import socket
 import sys
 import time
 
 from smallgpt.configurator import configure, defaults_of
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir
-from smallgpt.tuning import (FORK_TRIALS, PER_TRIAL, check_study_space, drop_checkpoints_but_the_best, fail_orphans,
-                             flags_of, open_study, preload, print_summary, record_trial, run_trial, script_defaults,
-                             search_space, starting_point, suggest, trials_taken, write_results)
+from smallgpt.tuning import (FORK_TRIALS, PER_TRIAL, check_study_space, check_trial_settings, claim_study_dir,
+                             deferred_ctrl_c, drop_checkpoints_but_the_best, fail_stale_trials, flags_of,
+                             make_trial_dir, open_study, preload, print_summary, record_trial, run_trial,
+                             script_defaults, search_space, starting_point, suggest, this_worker, trials_taken,
+                             write_results)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TRAIN_DEFAULTS = script_defaults(os.path.join(ROOT, "train.py"))
@@ -50,12 +53,13 @@ globals().update(config)
 # -----------------------------------------------------------------------------
 
 space = search_space(search, TRAIN_DEFAULTS)
+check_trial_settings(config, space)
 fixed = {key: config[key] for key in TRAIN_DEFAULTS  # what every trial gets: the settings changed from train.py's
          if config[key] != TRAIN_DEFAULTS[key] and key not in space and key not in PER_TRIAL}
 make_dir(study_dir, "study_dir")
+claim_study_dir(study_dir, storage, study_name)  # one study's files to a folder
 study = open_study(storage, study_name, study_dir, config["seed"], prune_after)
 check_study_space(study, space)
-fail_orphans(study)  # trials left running by a worker on this machine that was killed
 if not study.trials:  # a new study tries the config's own settings first: the search sets out from what you have
     study.enqueue_trial(starting_point(config, space), skip_if_exists=True)
 launcher = [sys.executable, "-m", "torch.distributed.run", *torchrun.split()] if torchrun else []
@@ -65,18 +69,23 @@ print(f"study '{study_name}' in {storage or study_dir}: {len(space)} settings se
 
 started, failures, trial = time.time(), 0, None
 try:
-    while trials_taken(study) < trials:  # else done, or other workers are running the last ones
+    while True:
+        fail_stale_trials(study)  # trials whose worker was killed, here or elsewhere, stop counting
+        if trials_taken(study) >= trials:  # done, or other workers are running the last ones
+            break
         if timeout and time.time() - started + config["max_seconds"] > timeout:  # a trial of that time would not fit
             print(f"timeout: the {timeout}s of this search are over")
             break
-        trial = study.ask()
+        with deferred_ctrl_c():  # a trial cut off here would have no worker recorded with it
+            trial = study.ask()
+            trial.set_user_attr("worker", this_worker())
+            trial.set_user_attr("heartbeat", time.time())
+            trial.set_user_attr("fixed", fixed)  # with the trial's params, what best.py needs to train it again
         if trials_taken(study, before=trial.number) >= trials:  # another worker took the last trial meanwhile
             record_trial(study, trial, "failed", None, 0.0, "not run: the study had all its trials")
             break
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         settings = suggest(trial, space)
-        trial_dir = os.path.join(study_dir, f"trial_{trial.number}")
-        make_dir(trial_dir, "the trial's folder")
+        trial_dir = make_trial_dir(study_dir, trial.number)
         argv = [os.path.join(ROOT, "train.py"), *flags_of({**fixed, **settings}), f"--out_dir={trial_dir}"]
         trial_settings = {**config, **settings}
         state, value, seconds, error = run_trial(trial, launcher, argv, trial_dir, trial_settings["max_seconds"],
@@ -91,6 +100,10 @@ except KeyboardInterrupt:
     if trial is not None:
         record_trial(study, trial, "failed", None, 0.0, "stopped by Ctrl-C")
     print("stopped: run the same command to continue the study")
+except UserError as e:  # the trial that was under way is told why
+    if trial is not None:
+        record_trial(study, trial, "failed", None, 0.0, str(e))
+    raise
 finally:  # also when the search gives up: the table says why each trial failed
     write_results(study, study_dir, fixed, space)
 print_summary(study, study_dir, space)

@@ -114,8 +114,8 @@ def run_tasks(lm, names, manager, limit=None):
     if output is None:  # not process 0
         return {}
     figures = {}
-    for task, metrics in output["results"].items():
-        figures[task] = {metric.partition(",")[0]: value for metric, value in metrics.items()  # "acc,none": ...
+    for task, metrics in output["results"].items():  # "acc,none": ..., or "exact_match,strict-match" for a filter's
+        figures[task] = {metric.removesuffix(",none"): value for metric, value in metrics.items()
                          if "," in metric and "_stderr" not in metric and isinstance(value, (int, float))}
         figures[task]["examples"] = output["n-samples"].get(task, {}).get("effective", 0)
     return figures

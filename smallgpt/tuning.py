@@ -4,16 +4,19 @@ results written out. Optuna is imported only inside the functions that use it.
 
 - script_defaults(path): a script's settings, read from its source without running it (train.py's for tune.py).
 - search_space(search, defaults): the search in a tune config checked against train.py's settings.
+- check_trial_settings(config, space): refuses what a trial cannot train with (init_from='resume', eval_only).
 - check_study_space(study, space): the search space must be the one the study's trials were drawn from.
 - starting_point(config, space): the config's own values of the searched settings, a new study's first trial.
 - suggest(trial, space): one value of each setting, drawn by the trial's sampler.
 - preload(script), start_trial(launcher, argv, log_path): a trial's process, forked from tune.py once it has
   imported what train.py imports, so that a trial does not spend seconds importing torch.
 - run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters): train.py with the trial's settings; its
-  evaluations reported to Optuna as they are logged (by the share of the trial's time or steps done), and the
-  process stopped (SIGTERM) if Optuna prunes it.
-- open_study(storage, name, study_dir, seed, prune_after): the study, in study_dir's journal file or a database.
-- trials_taken, record_trial, fail_orphans, drop_checkpoints_but_the_best: the study's bookkeeping.
+  evaluations reported to Optuna as they are logged (by the share of the trial's time or steps done), a heartbeat
+  recorded, and the process stopped (SIGTERM) if Optuna prunes it.
+- open_study(storage, name, study_dir, seed, prune_after): the study, in study_dir's journal file or a database,
+  with a TPE sampler seeded for each trial by its number.
+- claim_study_dir, make_trial_dir: a study_dir holds one study's files, and a trial's folder is new.
+- trials_taken, record_trial, fail_stale_trials, drop_checkpoints_but_the_best: the study's bookkeeping.
 - write_results(study, study_dir, fixed, space), print_summary: trials.csv, best.py, history.png and
   importance.png; the table of trials and the best settings.
 """
@@ -31,16 +34,19 @@ import signal
 import socket
 import sys
 import time
+from contextlib import contextmanager
 
 from smallgpt.configurator import check_range, convert
 from smallgpt.errors import UserError
 from smallgpt.files import read_text, replaced_atomically
 
-# settings that tune.py sets for each trial itself
 # a trial is pruned only between these shares (in %) of its time or steps: the early losses favour settings that
 # learn fast and then stall, and are noisy; late in a trial, stopping it saves little and loses its result
 PRUNE_FROM, PRUNE_UNTIL = 40, 70
-PER_TRIAL = ("out_dir", "init_from", "eval_only", "wandb_run_name")
+PER_TRIAL = ("out_dir",)  # the one setting that tune.py sets for each trial itself: trial_N's folder
+# a worker records a heartbeat with its running trial this often; a running trial whose last heartbeat is older than
+# STALE_SECONDS (by the clock of the machine that looks: keep the machines' clocks in time) lost its worker
+HEARTBEAT_SECONDS, STALE_SECONDS = 10, 120
 # a trial is train.py run in a fork of tune.py, which has imported what it needs; elsewhere than on Linux, forking
 # a process that has loaded system frameworks is not safe, so the fork starts a new Python
 FORK_TRIALS = sys.platform.startswith("linux")
@@ -78,6 +84,16 @@ def search_space(search, defaults):
             raise UserError(f"search: '{key}' {what}{hint}")
         space[key] = parse_range(key, spec, defaults[key])
     return space
+
+
+def check_trial_settings(config, space):
+    """UserError for the settings that a trial cannot train with: every trial trains anew in a folder of its own."""
+    starts = space["init_from"][1] if "init_from" in space else [config["init_from"]]
+    if "resume" in starts:
+        raise UserError("init_from='resume' cannot start a trial, which trains anew in a folder of its own: start "
+                        "from 'scratch', a GPT-2 model or a folder (a finetuning search), or train on with train.py")
+    if config["eval_only"] or "eval_only" in space:
+        raise UserError("eval_only=True trains nothing, and a trial is scored by what it learns: leave it out")
 
 
 def parse_range(key, spec, default):
@@ -122,8 +138,8 @@ def check_study_space(study, space):
                     optuna.distributions.check_distribution_compatibility(distribution, new[key])
             except ValueError:
                 raise UserError(f"search['{key}'] differs from what the study's trial {trial.number} drew from "
-                                f"({distribution}): keep a study's search space, or start a new study with "
-                                f"--study_name or --study_dir") from None
+                                f"({distribution}): keep a study's search space, or start a new study in a new "
+                                f"--study_dir (in a shared database, with a new --study_name too)") from None
 
 
 def starting_point(config, space):
@@ -221,33 +237,49 @@ def exit_status(pid):
     return os.waitstatus_to_exitcode(status) if done else None
 
 
-def new_records(path, offset):
-    """(records, new offset): the whole lines of a metrics.jsonl past offset."""
-    if not os.path.exists(path):
-        return [], offset
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read()
+def new_records(path, seen=(None, 0)):
+    """
+    (records, seen): the records on the whole lines of a metrics.jsonl past seen, the file (its inode) and the
+    offset read up to before; all the file's records if it is another file now, or shorter (replaced or cut).
+    """
+    try:
+        with open(path, "rb") as f:
+            stat = os.fstat(f.fileno())
+            offset = seen[1] if seen[0] == stat.st_ino and seen[1] <= stat.st_size else 0
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], seen
     whole = data[:data.rfind(b"\n") + 1]
-    return [json.loads(line) for line in whole.splitlines() if line.strip()], offset + len(whole)
+    records = []
+    for line in whole.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # not a record of train.py's
+            continue
+    return records, (stat.st_ino, offset + len(whole))
 
 
 def run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters, poll_seconds=0.2):
     """
     Run argv (train.py and the trial's flags; start_trial says how) with its log in trial_dir/train.log; report
-    the best val bits per byte so far to the trial at each evaluation, and stop the process (SIGTERM: it saves and
-    exits) when Optuna prunes the trial. Returns (state, best val bpb or None, seconds, error line or None); state
-    is 'complete', 'pruned' or 'failed'. KeyboardInterrupt stops the process too, then propagates.
+    the best val bits per byte so far to the trial at each evaluation, record a heartbeat every HEARTBEAT_SECONDS,
+    and stop the process (SIGTERM: it saves and exits) when Optuna prunes the trial. Returns (state, best val bpb
+    or None, seconds, error line or None); state is 'complete', 'pruned' or 'failed'. A trial that ends by itself
+    is never pruned, even if the pruner asked as it ended. KeyboardInterrupt stops the process too, then propagates.
     """
+    import optuna
     metrics_path = os.path.join(trial_dir, "metrics.jsonl")
     log_path = os.path.join(trial_dir, "train.log")
-    before, offset, pruned, last_step = None, 0, False, -1  # before: the last evaluation's share and best val bpb
-    start = time.time()
+    before, seen, last_step = None, (None, 0), -1  # before: the last evaluation's share and best val bpb
+    returncode, pruned, start = None, False, time.time()
+    beat = start
     pid = start_trial(launcher, argv, log_path)
     try:
         while True:
-            returncode = exit_status(pid)
-            records, offset = new_records(metrics_path, offset)
+            exited = returncode is not None  # then every record it wrote is in the file
+            records, seen = new_records(metrics_path, seen)
+            prune = False
             for record in records:
                 if record.get("kind") == "eval" and "val_bpb" in record and not pruned:
                     reports, before = progress_reports(record, before, last_step, max_seconds, max_iters)
@@ -255,20 +287,31 @@ def run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters, poll_sec
                         if math.isfinite(value):
                             trial.report(value, step)
                         last_step = step
-                    if PRUNE_FROM <= last_step <= PRUNE_UNTIL and trial.should_prune():
-                        pruned = True
-                        os.kill(pid, signal.SIGTERM)
-            if returncode is not None:
+                    prune = prune or PRUNE_FROM <= last_step <= PRUNE_UNTIL and trial.should_prune()
+            if exited:
                 break
-            time.sleep(poll_seconds)
-    except KeyboardInterrupt:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-        raise
+            if time.time() - beat > HEARTBEAT_SECONDS:
+                beat = time.time()
+                trial.set_user_attr("heartbeat", beat)
+            returncode = exit_status(pid)  # reaps it if it ended: a reaped pid is never signalled, it may be reused
+            if prune and returncode is None:
+                pruned = True
+                os.kill(pid, signal.SIGTERM)
+            if returncode is None:
+                time.sleep(poll_seconds)
+    except BaseException as e:  # Ctrl-C, or the trial failed by another worker: its process stops too
+        if returncode is None:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        if not isinstance(e, optuna.exceptions.UpdateFinishedTrialError):
+            raise
+        return "failed", None, time.time() - start, "another worker marked it failed: it heard no heartbeat"
     seconds = time.time() - start
     best = before[1] if before else math.inf
-    if pruned:
+    if pruned and stopped_by_signal(log_path):
         return "pruned", best, seconds, None
+    if pruned and returncode == -signal.SIGTERM:  # the SIGTERM came as it was ending by itself: it ended
+        returncode = 0
     if returncode != 0:
         return "failed", None, seconds, error_line(log_path, returncode)
     if not math.isfinite(best):
@@ -291,6 +334,12 @@ def progress_reports(record, before, last_step, max_seconds, max_iters):
         return [(step, math.inf) for step in steps], (done, record["val_bpb"])
     (share, best), now = before, min(before[1], record["val_bpb"])
     return [(step, best + (now - best) * (step / 100 - share) / (done - share)) for step in steps], (done, now)
+
+
+def stopped_by_signal(log_path):
+    """Whether train.py's log says that it stopped before its end, on a signal."""
+    with open(log_path, errors="replace") as f:
+        return any(line.startswith("interrupted at iter ") for line in f)
 
 
 def error_line(log_path, returncode):
@@ -324,13 +373,41 @@ def open_study(storage, name, study_dir, seed, prune_after=5):
     else:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         backend = JournalStorage(JournalFileBackend(os.path.join(study_dir, "journal.log")))
-    study = optuna.create_study(study_name=name, storage=backend, direction="minimize", load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after))
-    # seeded, so that a search can be repeated; a worker that joins a study draws its own settings, as the seed
-    # counts the trials so far
-    # multivariate: the settings are drawn together, as they interact (a learning rate fits a batch size and depth)
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), constant_liar=True, multivariate=True)
-    return study
+    return optuna.create_study(study_name=name, storage=backend, direction="minimize", load_if_exists=True,
+                               pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after),
+                               sampler=trial_seeded_sampler(seed))
+
+
+def trial_seeded_sampler(seed):
+    """
+    Optuna's TPE sampler, seeded anew for each trial with seed + the trial's number: a search can be repeated, and
+    two workers never draw alike (a seed counted from the trials when a worker opens the study is the same for
+    workers that open it at once). Multivariate: the settings are drawn together, as they interact (a learning
+    rate fits a batch size and a depth); constant liar: running trials count as bad, so that workers spread out.
+    """
+    import optuna
+    tpe = lambda number: optuna.samplers.TPESampler(seed=seed + number, constant_liar=True, multivariate=True)
+
+    class TrialSeeded(optuna.samplers.BaseSampler):
+        sampler = tpe(0)
+
+        def before_trial(self, study, trial):
+            self.sampler = tpe(trial.number)
+            self.sampler.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.sampler.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.sampler.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values):
+            self.sampler.after_trial(study, trial, state, values)
+
+    return TrialSeeded()
 
 
 def database_storage(url, attempts=3):
@@ -357,6 +434,59 @@ def hide_password(url):
     return f"{scheme}://{user}{':***' if colon else ''}@{tail}"
 
 
+def claim_study_dir(study_dir, storage, name):
+    """
+    A study_dir holds the files of one study (trial_N/, trials.csv, best.py, the plots): record which in
+    study_dir/study.json, or raise UserError if it is another study's, whose files the new one would overwrite.
+    """
+    path = os.path.join(study_dir, "study.json")
+    mine = {"study_name": name, "storage": hide_password(storage) if storage else "journal.log"}
+    if os.path.exists(path):
+        try:
+            theirs = json.loads(read_text(path, "the study's record"))
+            theirs = {key: theirs[key] for key in mine}
+        except (ValueError, TypeError, KeyError):
+            raise UserError(f"{path} is not the record that tune.py writes: remove it, or use another "
+                            f"--study_dir") from None
+        if theirs != mine:
+            raise UserError(f"{study_dir} holds the files of study '{theirs['study_name']}' in {theirs['storage']}: "
+                            f"give study '{name}' a --study_dir of its own")
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"  # workers that start together each write their own, then one wins
+    try:
+        with open(tmp, "w") as f:
+            json.dump(mine, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
+
+
+def make_trial_dir(study_dir, number):
+    """study_dir/trial_N, new: a study's trial numbers are its own, so a folder already there is another study's."""
+    path = os.path.join(study_dir, f"trial_{number}")
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        raise UserError(f"{path} is there already, from another study (one that wrote no study.json there): "
+                        f"give this study a --study_dir of its own") from None
+    except OSError as e:
+        raise UserError(f"cannot create the trial's folder {path}: {e.strerror}") from None
+    return path
+
+
+@contextmanager
+def deferred_ctrl_c():
+    """A block that a Ctrl-C does not cut short: it takes effect (KeyboardInterrupt) once the block is done."""
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def trials_taken(study, before=None):
     """The study's trials that are finished (complete or pruned) or running; of those numbered below `before`."""
     import optuna
@@ -367,12 +497,15 @@ def trials_taken(study, before=None):
 def record_trial(study, trial, state, value, seconds, error):
     """Tell the study how the trial ended, and print a line on it and on the best so far."""
     import optuna
-    trial.set_user_attr("seconds", seconds)
-    if error:
-        trial.set_user_attr("error", error)
     states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
               "failed": optuna.trial.TrialState.FAIL}
-    study.tell(trial, value if state == "complete" else None, state=states[state])
+    try:
+        trial.set_user_attr("seconds", seconds)
+        if error:
+            trial.set_user_attr("error", error)
+        study.tell(trial, value if state == "complete" else None, state=states[state])
+    except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it, as it heard no heartbeat
+        state, value, error = "failed", None, "another worker marked it failed: it heard no heartbeat"
     outcome = f"val bpb {value:.4f}" if value is not None else error
     print(f"trial {trial.number} {state}: {outcome}, {seconds:.0f}s | {trials_taken(study)} taken, "
           f"{best_line(study)}", flush=True)
@@ -385,10 +518,11 @@ def best_line(study):
     return f"best {best.value:.4f} (trial {best.number}: {settings_text(best.params)})"
 
 
-def best_complete(study):
-    """The complete trial of the lowest val bpb, or None while none has completed."""
+def best_complete(study, trials=None):
+    """The complete trial of the lowest val bpb (of trials, if given: one reading of the study), or None."""
     import optuna
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     return min(complete, key=lambda t: t.value) if complete else None
 
 
@@ -396,15 +530,34 @@ def settings_text(params):
     return ", ".join(f"{key}={format_value(value)}" for key, value in params.items())
 
 
-def fail_orphans(study):
-    """Mark failed the trials that a worker on this machine left running when it was killed."""
+def this_worker():
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_stale_trials(study):
+    """
+    Mark failed the running trials whose worker is gone: on this machine, a worker whose process has ended, or
+    whose pid is now this worker's own (a restarted container's); anywhere, one whose heartbeat stopped more than
+    STALE_SECONDS ago (a worker killed on another machine, a machine that died). Called by a worker that runs no
+    trial, so that the trials of the gone stop counting towards the study's total.
+    """
     import optuna
-    host = socket.gethostname()
+    host, pid = this_worker().split(":")
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker_host, _, pid = t.user_attrs.get("worker", "").rpartition(":")
-        if worker_host == host and pid.isdigit() and not process_alive(int(pid)):
+        worker = t.user_attrs.get("worker", "")
+        their_host, _, their_pid = worker.rpartition(":")
+        silent = time.time() - t.user_attrs.get("heartbeat", t.datetime_start.timestamp())
+        if their_host == host and their_pid.isdigit() and (their_pid == pid or not process_alive(int(their_pid))):
+            why = f"its worker (process {their_pid}) is gone"
+        elif silent > STALE_SECONDS:
+            why = f"no heartbeat from its worker {worker or '(unknown)'} for {silent:.0f}s"
+        else:
+            continue
+        try:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            print(f"trial {t.number}: its worker (process {pid}) is gone; marked failed")
+        except optuna.exceptions.UpdateFinishedTrialError:  # it has just ended, or another worker failed it
+            continue
+        print(f"trial {t.number}: {why}; marked failed")
 
 
 def process_alive(pid):
@@ -419,10 +572,12 @@ def process_alive(pid):
 
 def drop_checkpoints_but_the_best(study, study_dir):
     """Delete the ckpt.pt of every finished trial but the best complete one, so that a search does not fill the
-    disk; running trials keep theirs."""
+    disk; running trials keep theirs. One reading of the study decides both: read twice, a trial of another worker
+    that completed between the readings would lose its checkpoint, being neither the best nor running."""
     import optuna
-    best = best_complete(study)
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    best = best_complete(study, trials)
+    for t in trials:
         path = os.path.join(study_dir, f"trial_{t.number}", "ckpt.pt")
         kept = best is not None and t.number == best.number or t.state == optuna.trial.TrialState.RUNNING
         if not kept and os.path.exists(path):
@@ -438,7 +593,10 @@ def best_config(fixed, params):
 
 
 def write_results(study, study_dir, fixed, space):
-    """trials.csv, best.py (if a trial completed), history.png and importance.png in study_dir."""
+    """
+    trials.csv, best.py (if a trial completed), history.png and importance.png in study_dir. best.py holds the best
+    trial's own settings, as recorded with it: those of this run (fixed) only for a trial from before they were.
+    """
     import optuna
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     with replaced_atomically(os.path.join(study_dir, "trials.csv"), what="trials table") as [tmp], \
@@ -453,7 +611,7 @@ def write_results(study, study_dir, fixed, space):
     best = best_complete(study)
     with replaced_atomically(os.path.join(study_dir, "best.py"), what="best settings") as [tmp], \
             open(tmp, "w") as f:
-        f.write(best_config(fixed, best.params))
+        f.write(best_config(best.user_attrs.get("fixed", fixed), best.params))
     plot_history(complete, os.path.join(study_dir, "history.png"))
     plot_importance(study, os.path.join(study_dir, "importance.png"))
 

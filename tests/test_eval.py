@@ -207,6 +207,44 @@ def test_the_harness_picks_the_same_endings_as_our_hellaswag(task_folder, monkey
     assert figures["rows"]["acc"] == pytest.approx(sum(p == label for p, (_, label) in zip(ours, examples)) / 8)
 
 
+TWO_FILTERS_YAML = """task: two_filters
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {rows}
+validation_split: validation
+output_type: generate_until
+doc_to_text: "{{{{ctx}}}}"
+doc_to_target: "{{{{activity_label}}}}"
+generation_kwargs:
+  until: ["."]
+  max_gen_toks: 6
+filter_list:
+  - name: whole
+    filter:
+      - function: take_first
+  - name: first-word
+    filter:
+      - function: regex
+        regex_pattern: "(\\\\w+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+"""
+
+
+@pytest.mark.slow
+def test_the_harness_keeps_each_filters_figures_apart(tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    from smallgpt.harness import HarnessModel, run_tasks, task_manager
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    (tmp_path / "two_filters.yaml").write_text(TWO_FILTERS_YAML.format(rows=ROWS))
+    spec = alphabet_spec()
+    figures = run_tasks(HarnessModel(tiny_gpt(spec["vocab_size"]), spec, NO_AUTOCAST), ["two_filters"],
+                        task_manager(["two_filters"], str(tmp_path)), limit=2)
+    assert figures == {"two_filters": {"exact_match,whole": 0.0, "exact_match,first-word": 0.0, "examples": 2}}
+
+
 @pytest.mark.slow
 def test_the_harness_model_rolls_long_texts_and_generates_up_to_a_stop():
     pytest.importorskip("lm_eval")

@@ -21,10 +21,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_clean_error, run_ok, run_script, user_error, with_char_data
+from conftest import (ROOT, TINY, assert_clean_error, needs_gpt2_bpe, prepare_in, run_ok, run_script, sample_text,
+                      user_error, with_char_data)
 from smallgpt.configurator import configure
 from smallgpt.metrics import read_metrics
-from smallgpt.tuning import script_defaults, search_space, starting_point
+from smallgpt.budget import TimeBudget
+from smallgpt.errors import UserError
+from smallgpt.tuning import (best_config, check_trial_settings, claim_study_dir, deferred_ctrl_c,
+                             drop_checkpoints_but_the_best, fail_stale_trials, make_trial_dir, new_records, open_study,
+                             run_trial, script_defaults, search_space, starting_point, suggest, this_worker)
 
 optuna = pytest.importorskip("optuna")
 
@@ -128,6 +133,172 @@ def test_a_bad_search_space_is_refused_in_one_line(search, fragments):
     user_error(lambda: search_space(search, TRAIN_DEFAULTS), *fragments)
 
 
+@pytest.mark.parametrize("settings, search, fragments", [
+    ({"init_from": "resume"}, {}, ["init_from='resume' cannot start a trial"]),
+    ({}, {"init_from": ["scratch", "resume"]}, ["init_from='resume' cannot start a trial"]),
+    ({"eval_only": True}, {}, ["eval_only=True trains nothing"]),
+])
+def test_settings_a_trial_cannot_train_with_are_refused(settings, search, fragments):
+    config = {**TRAIN_DEFAULTS, **settings}
+    space = search_space({"learning_rate": (1e-4, 1e-2), **search}, TRAIN_DEFAULTS)
+    user_error(lambda: check_trial_settings(config, space), *fragments)
+    finetuning = search_space({"learning_rate": (1e-4, 1e-2), "init_from": ["gpt2", "gpt2-medium"]}, TRAIN_DEFAULTS)
+    check_trial_settings({**TRAIN_DEFAULTS, "init_from": "gpt2"}, finetuning)  # a finetuning search is fine
+
+
+# -----------------------------------------------------------------------------
+# the study's bookkeeping, in process on a journal file
+
+def new_study(folder, name="s", seed=0, prune_after=5):
+    return open_study("", name, str(folder), seed, prune_after)
+
+
+def test_workers_that_open_a_study_at_once_draw_different_settings(tmp_path):
+    space = search_space({"learning_rate": (1e-4, 1e-2, "log"), "n_layer": [1, 2, 3, 4, 5, 6]}, TRAIN_DEFAULTS)
+    workers = [new_study(tmp_path), new_study(tmp_path)]  # both opened before either asked: the same seed each
+    draws = []
+    for _ in range(3):
+        for study in workers:
+            draws.append(tuple(suggest(study.ask(), space).items()))
+    assert len(set(draws)) == len(draws)
+    # and a search repeats: trial n's draw depends on the seed and n, not on which worker drew it
+    (tmp_path / "again").mkdir()
+    again = new_study(tmp_path / "again")
+    assert [tuple(suggest(again.ask(), space).items()) for _ in range(6)] == draws
+
+
+def running_trial(study, worker, heartbeat):
+    trial = study.ask()
+    trial.set_user_attr("worker", worker)
+    if heartbeat is not None:
+        trial.set_user_attr("heartbeat", heartbeat)
+    return trial.number
+
+
+def test_running_trials_whose_worker_is_gone_are_failed_here_and_elsewhere(tmp_path, capsys):
+    study = new_study(tmp_path)
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = time.time()
+    numbers = {
+        "elsewhere, silent": running_trial(study, "other-host:123", now - 3600),
+        "elsewhere, beating": running_trial(study, "other-host:124", now - 5),
+        "here, process gone": running_trial(study, f"{host}:{dead.stdout.strip()}", now),
+        "here, pid now ours (a restarted container)": running_trial(study, this_worker(), now),
+        "here, alive": running_trial(study, f"{host}:{os.getppid()}", now),
+        "no worker yet, just asked": running_trial(study, "", None),
+    }
+    fail_stale_trials(study)
+    states = {what: study.trials[number].state.name for what, number in numbers.items()}
+    assert states == {"elsewhere, silent": "FAIL", "elsewhere, beating": "RUNNING", "here, process gone": "FAIL",
+                      "here, pid now ours (a restarted container)": "FAIL", "here, alive": "RUNNING",
+                      "no worker yet, just asked": "RUNNING"}
+    out = capsys.readouterr().out
+    assert f"trial {numbers['elsewhere, silent']}: no heartbeat from its worker other-host:123 for 36" in out
+
+
+def test_one_reading_of_the_study_decides_which_checkpoint_stays(tmp_path, monkeypatch):
+    study = new_study(tmp_path)
+    first, second = study.ask(), study.ask()
+    for trial in (first, second):
+        (tmp_path / f"trial_{trial.number}").mkdir()
+        (tmp_path / f"trial_{trial.number}" / "ckpt.pt").write_text("weights")
+    study.tell(first, 2.0)
+    other_worker = new_study(tmp_path)
+    real_get_trials = study.get_trials
+
+    def then_the_other_worker_completes_a_better_trial(*args, **kwargs):
+        trials = real_get_trials(*args, **kwargs)
+        if other_worker.trials[second.number].state.name == "RUNNING":
+            other_worker.tell(second.number, 1.0)
+        return trials
+    monkeypatch.setattr(study, "get_trials", then_the_other_worker_completes_a_better_trial)
+    drop_checkpoints_but_the_best(study, str(tmp_path))
+    assert (tmp_path / f"trial_{second.number}" / "ckpt.pt").exists()  # running when read: kept
+    drop_checkpoints_but_the_best(new_study(tmp_path), str(tmp_path))
+    assert sorted(p.parent.name for p in tmp_path.glob("trial_*/ckpt.pt")) == [f"trial_{second.number}"]
+
+
+def test_a_study_dir_holds_one_studys_files(tmp_path):
+    claim_study_dir(str(tmp_path), "", "first")
+    claim_study_dir(str(tmp_path), "", "first")  # the same study again, or another of its workers
+    user_error(lambda: claim_study_dir(str(tmp_path), "", "second"),
+               f"{tmp_path} holds the files of study 'first' in journal.log", "give study 'second' a --study_dir")
+    user_error(lambda: claim_study_dir(str(tmp_path), "sqlite:///x.db", "first"), "give study 'first'")
+    assert make_trial_dir(str(tmp_path), 0) == str(tmp_path / "trial_0")
+    user_error(lambda: make_trial_dir(str(tmp_path), 0), "trial_0 is there already, from another study")
+    (tmp_path / "study.json").write_text("{not json")
+    user_error(lambda: claim_study_dir(str(tmp_path), "", "first"), "is not the record that tune.py writes")
+
+
+def test_the_metrics_reader_notices_a_replaced_or_shortened_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    records, seen = new_records(str(path))
+    assert records == []
+    path.write_text('{"iter": 0}\n{"iter": 1}\n{"iter"')  # the last line is still being written
+    records, seen = new_records(str(path), seen)
+    assert records == [{"iter": 0}, {"iter": 1}]
+    with open(path, "a") as f:
+        f.write(': 2}\n')
+    assert new_records(str(path), seen)[0] == [{"iter": 2}]
+    replacement = tmp_path / "new.jsonl"
+    replacement.write_text('{"iter": 0, "run": "new"}\n' * 5)  # longer than what was read: the offset would fit
+    os.replace(replacement, path)
+    assert new_records(str(path), seen)[0] == [{"iter": 0, "run": "new"}] * 5
+    records, seen = new_records(str(path), new_records(str(path), seen)[1])
+    path.write_text('{"iter": 7}\n')  # cut short in place
+    assert new_records(str(path), seen)[0] == [{"iter": 7}]
+
+
+def test_best_py_holds_the_settings_recorded_with_the_trial():
+    text = best_config({"n_layer": 1, "init_from": "gpt2"}, {"learning_rate": 0.003})
+    config = {}
+    exec(text, config)
+    assert {k: config[k] for k in ("n_layer", "init_from", "learning_rate")} == {
+        "n_layer": 1, "init_from": "gpt2", "learning_rate": 0.003}
+
+
+def test_a_ctrl_c_waits_for_the_end_of_a_deferred_block():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_ctrl_c():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the rest of the block")
+    assert done == ["the rest of the block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def spin(seconds):
+    """Keep the CPU busy for this long: the work of a training step, as the clock sees it."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_the_time_budget_follows_the_pace_of_the_recent_steps():
+    budget = TimeBudget(100.0, 1000, "cpu")
+    fits = [budget.fit(10 * k, verbose=False) for k in range(8)]  # fast steps: nothing between the fits
+    assert fits[0] is False and all(fits[1:])
+    for k in range(8, 8 + 6):  # then the machine slows down: 10 steps take 50 ms
+        spin(0.05)
+        budget.fit(10 * k, verbose=False)
+    assert 0.004 < budget.pace < 0.0065  # the steps since the fifth fit back, not the mean since the start
+    assert abs(budget.steps - (130 + (100.0 - budget.spent()) / budget.pace)) < 2
+
+
+def test_a_resumed_budget_goes_on_with_its_fit_and_its_time_left():
+    saved = {"max_iters": 500, "seconds": 6.0, "step_seconds": 0.01, "max_seconds": 8}
+    budget = TimeBudget(8, 50, "cpu", saved, iter_num=300)
+    assert budget.steps == 500 and 1.9 < 8 - budget.spent() <= 2.0
+    assert TimeBudget(8, 50, "cpu", {**saved, "max_iters": None}, 5).steps is None  # stopped before a fit
+    assert 1290 < TimeBudget(16, 50, "cpu", saved, 300).steps <= 1300  # 10 s more: a longer schedule from here
+    assert TimeBudget(0, 50, "cpu", saved, 300).steps is None  # resumed without max_seconds: max_iters holds
+    for iter_num, spent in ((500, 7.5), (300, 8.2)):  # done: at its end, or out of time
+        user_error(lambda: TimeBudget(8, 50, "cpu", {**saved, "seconds": spent}, iter_num),
+                   "nothing left to train: the run trained for its max_seconds=8", "raise --max_seconds")
+    assert TimeBudget(8, 50, "cpu").saved()["budget"]["seconds"] < 1 and TimeBudget(0, 50, "cpu").saved() == {}
+
+
 # -----------------------------------------------------------------------------
 # searches end to end
 
@@ -221,13 +392,93 @@ def test_a_trial_that_falls_behind_is_pruned(folder):
     assert "SIGTERM" in log and "step 4:" in log and "step 40:" not in log
 
 
-def test_a_study_keeps_its_search_space(folder):
+@pytest.mark.slow
+def test_a_study_keeps_its_search_space_and_its_study_dir(folder):
     assert tune(folder, write_tune_config(folder, search='{"n_layer": [1, 2]}'), "--trials=1",
                 "--max_iters=1").returncode == 0
     other = write_tune_config(folder, search='{"n_layer": [1, 3]}', name="other.py")
     assert_clean_error(tune(folder, other, "--trials=2"), "search['n_layer'] differs from what the study's trial 0",
-                       "--study_name or --study_dir")
+                       "start a new study in a new --study_dir")
     assert len(read_trials(folder)) == 1
+    # another study in the same study_dir would write its trial 0, trials.csv, best.py over the first one's
+    files = lambda study_dir: {p: p.read_bytes() for p in study_dir.rglob("*") if p.is_file()}
+    first = files(folder / "out-tune")
+    assert_clean_error(tune(folder, other, "--trials=1", "--max_iters=1", "--study_name=other"),
+                       "out-tune holds the files of study 'smallgpt' in journal.log",
+                       "give study 'other' a --study_dir of its own")
+    assert files(folder / "out-tune") == first
+    # in a folder of its own, each study keeps its trials, values and best checkpoint
+    assert tune(folder, other, "--trials=1", "--max_iters=1", "--study_dir=out-other").returncode == 0
+    assert files(folder / "out-tune") == first
+    assert [row["n_layer"] for row in read_trials(folder)] == ["1"]
+    assert (folder / "out-other" / "trial_0" / "ckpt.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_trial_that_ends_by_itself_as_the_pruner_asks_is_complete(folder, monkeypatch):
+    monkeypatch.chdir(folder)  # where the trial's train.py finds data/
+    study = new_study(folder, prune_after=1)
+    ahead = study.ask()
+    for step in range(5, 101, 5):
+        ahead.report(1.0, step)
+    study.tell(ahead, 1.0)
+    trial = study.ask()
+    trial_dir = make_trial_dir(str(folder), trial.number)
+    # a learning rate of 0: the val loss never improves, so patience ends the run at its evaluation at 50%, which
+    # the pruner finds behind; the polls, 5 s apart, see it start, then see it evaluated twice and ended
+    argv = [str(ROOT / "train.py"), *TINY, "--learning_rate=0", "--patience=1", "--eval_interval=5", "--max_iters=10",
+            "--lr_decay_iters=10", f"--out_dir={trial_dir}"]
+    state, value, _, error = run_trial(trial, [sys.executable], argv, trial_dir, 0, 10, poll_seconds=5)
+    assert (state, error) == ("complete", None) and value > 1.0
+    assert "early stop at iter 5" in (Path(trial_dir) / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_trial_left_running_by_a_worker_on_another_machine_stops_counting_once_it_is_silent(folder):
+    (folder / "out-tune").mkdir()
+    lost = running_trial(new_study(folder / "out-tune", name="smallgpt"), "another-machine:1", time.time() - 3600)
+    result = tune(folder, write_tune_config(folder), "--trials=2")
+    assert result.returncode == 0, result.stderr
+    assert f"trial {lost}: no heartbeat from its worker another-machine:1 for 36" in result.stdout
+    assert [row["state"] for row in read_trials(folder)] == ["fail", "complete", "complete"]
+
+
+@pytest.mark.slow
+def test_best_py_trains_what_the_best_trial_trained_after_the_search_grew(folder):
+    assert tune(folder, write_tune_config(folder), "--trials=1", "--n_layer=2").returncode == 0  # 2 layers for all
+    # the search grows: n_layer is searched now, and the new trials are hopeless, so trial 0 stays the best
+    grown = write_tune_config(folder, search='{"learning_rate": (1e-7, 2e-7, "log"), "n_layer": [1, 3]}',
+                              name="grown.py")
+    assert tune(folder, grown, "--trials=2").returncode == 0
+    assert min(read_trials(folder), key=lambda row: float(row["val_bpb"]))["number"] == "0"
+    run_ok("train.py", folder / "out-tune" / "best.py", "--out_dir=out-best", cwd=folder)
+    trained = lambda path: [(r["kind"], r["iter"], r.get("train_loss"), r.get("val_loss")) for r in read_metrics(path)]
+    assert trained(folder / "out-best" / "metrics.jsonl") == trained(folder / "out-tune" / "trial_0" / "metrics.jsonl")
+
+
+@pytest.mark.slow
+@needs_gpt2_bpe
+def test_a_finetuning_search_starts_every_trial_from_the_weights_it_names(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    pretrained = tmp_path / "pretrained"  # a GPT-2 of its own shape: 2 layers of 32, where the config says 1 of 16
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32)
+                                 ).save_pretrained(pretrained)
+    (tmp_path / "text.txt").write_text(sample_text(20_000), encoding="utf-8")
+    prepare_in(tmp_path, "--input=text.txt", "--tokenizer=gpt2", "--dataset=shakespeare")
+    flags = [f"--init_from={pretrained}", "--dataset=shakespeare", "--max_iters=2", "--lr_decay_iters=2",
+             "--eval_interval=2"]
+    result = tune(tmp_path, write_tune_config(tmp_path), "--trials=1", *flags)
+    assert result.returncode == 0, result.stderr
+    alone = tmp_path / "alone.py"
+    alone.write_text(TINY_SEARCH.replace("search = {search}\n", ""))
+    evaluated = run_ok("train.py", alone, *flags, "--eval_only=True", "--out_dir=out-alone", cwd=tmp_path)
+    log = (tmp_path / "out-tune" / "trial_0" / "train.log").read_text()
+    line = lambda text, start: next(line for line in text.splitlines() if line.startswith(start))
+    assert f"initializing from {pretrained}: n_layer=2" in log
+    assert line(log, "number of parameters") == line(evaluated, "number of parameters")
+    assert line(log, "step 0:") == line(evaluated, "step 0:")  # the folder's loss, not a new model's
+    assert f"init_from = '{pretrained}'" in (tmp_path / "out-tune" / "best.py").read_text()
 
 
 def start_tune(folder, config, *args):
@@ -380,15 +631,46 @@ def test_early_stopping_keeps_the_best_model_and_a_resume_asks_for_more(folder):
 @pytest.mark.slow
 def test_max_seconds_fits_the_schedule_to_the_time(folder):
     stdout = run_ok("train.py", *TINY, "--max_seconds=8", "--max_iters=100000", "--eval_interval=50", cwd=folder)
-    fits = [line for line in stdout.splitlines() if line.startswith("max_seconds=8:")]
-    steps = int(fits[-1].split(": ")[1].split()[0])  # fitted after ten steps, then again at every evaluation
-    assert len(fits) >= 2 and 20 < steps < 100000 and f"step {steps}:" in stdout  # evaluated at the end, and done
+    fits = [int(line.split(": ")[1].split()[0]) for line in stdout.splitlines() if line.startswith("max_seconds=8:")]
     records = [json.loads(line) for line in (folder / "out" / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["kind"] == "eval" and records[-1]["iter"] == steps
+    steps = records[-1]["iter"]  # fitted every ten steps, printed after ten steps and after every evaluation
+    assert len(fits) >= 2 and 20 < steps < 100000 and f"step {steps}:" in stdout  # evaluated at the end, and done
+    assert records[-1]["kind"] == "eval" and 0.75 < fits[-1] / steps < 1.25
+    assert torch.load(folder / "out" / "ckpt.pt", weights_only=True)["budget"]["max_iters"] == steps
     # ends near the time asked (the final evaluation comes after it), however fast this machine is today
     assert 8 * 0.5 < records[-1]["elapsed"] < 8 * 1.5
     lrs = [r["lr"] for r in records if r["kind"] == "iter"]
     assert lrs[-1] < 2e-4  # the cosine reached min_lr at the horizon, not at max_iters
+
+
+@pytest.mark.slow
+def test_a_max_seconds_run_stopped_and_resumed_keeps_its_schedule_and_its_time(folder):
+    args = [*TINY, "--max_seconds=8", "--max_iters=100000", "--eval_interval=50", "--log_interval=1"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=folder, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    started = None
+    for line in process.stdout:  # stopped after 4 of its 8 seconds
+        started = started or (line.startswith("step 0:") and time.time())
+        if started and time.time() - started > 4:
+            break
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    checkpoint = torch.load(folder / "out" / "ckpt.pt", weights_only=True)
+    stopped_at, budget = checkpoint["iter_num"], checkpoint["budget"]
+    assert stopped_at < budget["max_iters"] and 3 < budget["seconds"] < 8
+    run_ok("train.py", *args, "--init_from=resume", cwd=folder)
+    # from the stopped run's last fit until the resumed run fits again (ten steps on), the learning rates are those
+    # of a run of that schedule that was never stopped
+    run_ok("train.py", *TINY, "--eval_interval=50", "--log_interval=1", f"--max_iters={stopped_at + 11}",
+           f"--lr_decay_iters={budget['max_iters']}", "--out_dir=straight", cwd=folder)
+    lrs = lambda out: {r["iter"]: r["lr"] for r in read_metrics(folder / out / "metrics.jsonl") if r["kind"] == "iter"}
+    resumed, straight = lrs("out"), lrs("straight")
+    around_the_stop = range((stopped_at - 1) // 10 * 10 + 1, stopped_at + 11)
+    assert [resumed[i] for i in around_the_stop] == [straight[i] for i in around_the_stop]
+    records = read_metrics(folder / "out" / "metrics.jsonl")  # whose clock goes on from the stopped run's
+    assert records[-1]["kind"] == "eval" and 8 * 0.6 < records[-1]["elapsed"] < 8 * 1.3  # within the budget
+    assert_clean_error(run_script("train.py", *args, "--init_from=resume", cwd=folder),
+                       "nothing left to train: the run trained for its max_seconds=8", "raise --max_seconds")
 
 
 def test_trials_are_compared_at_equal_shares_of_their_time_or_steps():
