@@ -18,15 +18,12 @@ import json
 import os
 import sys
 
-import torch
-import torch.distributed as dist
-
 from smallgpt.checkpoint import load_model
-from smallgpt.configurator import configure, defaults_of
-from smallgpt.devices import join_processes, mixed_precision, resolve_device, resolve_dtype
+from smallgpt.configurator import configure
+from smallgpt.devices import end_run, start_run
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir, replaced_atomically
-from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_set, load_examples
+from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_share, load_examples
 
 BUILT_IN = ("hellaswag",)
 
@@ -34,25 +31,24 @@ BUILT_IN = ("hellaswag",)
 init_from = "resume"  # 'resume' (the checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
 out_dir = "out"  # where train.py wrote ckpt.pt
 tasks = "hellaswag"  # comma-separated: hellaswag, or the names of lm-evaluation-harness tasks
-limit = None  # the first `limit` examples of each task only; None: all
+# the first `limit` examples of each task only; None: all
+limit = None  # None or int [1, inf); must be a whole number of examples, 1 or more (leave it out for all)
 hellaswag_file = ""  # a HellaSwag-format .jsonl (path or URL); empty: the validation split, downloaded once
 harness_include = ""  # a folder of more task definitions (YAML) for lm-evaluation-harness
 results_file = ""  # the JSON of results; empty: eval.json in out_dir, or eval_NAME.json for a pretrained model
-batch_tokens = 8192  # tokens per forward pass, padding included: lower it if memory runs out
+batch_tokens = 8192  # [1, inf): tokens per forward pass, padding included: lower it if memory runs out
 device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16), 'float32', 'bfloat16', 'float16'
-backend = "auto"  # torch.distributed backend under torchrun: 'auto' picks nccl for CUDA, gloo for CPU
-seed = 1337
+dtype = "auto"  # one of auto, float32, bfloat16, float16: auto: bfloat16 on CUDA where it runs, else float16
+backend = "auto"  # one of auto, nccl, gloo, mpi, ucc, xccl: under torchrun; auto: nccl on CUDA
+seed = 1337  # [0, 4294967295]
 # -----------------------------------------------------------------------------
-config = configure(defaults_of(globals()), sys.argv[1:])
+config = configure(globals(), sys.argv[1:])
 globals().update(config)
 # -----------------------------------------------------------------------------
 
 task_names = list(dict.fromkeys(name.strip() for name in tasks.split(",") if name.strip()))
 if not task_names:
     raise UserError("no task given: name one or more with --tasks=, e.g. --tasks=hellaswag")
-if limit is not None and (type(limit) is not int or limit < 1):
-    raise UserError(f"limit must be a whole number of examples, 1 or more (leave it out for all), got {limit!r}")
 harness_names = [name for name in task_names if name not in BUILT_IN]
 if harness_names:
     try:
@@ -69,16 +65,10 @@ if not results_file:
     name = "" if init_from == "resume" else "_" + os.path.basename(os.path.normpath(init_from))
     results_file = os.path.join(out_dir, f"eval{name}.json")
 
-rank, world_size = 0, 1
-device = resolve_device(device)
-if int(os.environ.get("RANK", -1)) != -1:  # launched by torchrun: the examples are shared out
-    device, rank, _, world_size = join_processes(device, backend)
-device_type = device.split(":")[0]
-dtype = resolve_dtype(dtype, device_type)
-torch.manual_seed(seed)
-torch.set_float32_matmul_precision("high")
-autocast = mixed_precision(device_type, dtype)
-if rank == 0:
+# under torchrun, the examples are shared out among the processes (smallgpt/devices.py)
+device, dtype, autocast, rank, world_size = start_run(device, dtype, seed, backend)
+master_process = rank == 0  # prints and writes the results
+if master_process:
     make_dir(os.path.dirname(results_file) or ".", "the results folder")
 
 model, tokenizer_spec = load_model(init_from, out_dir)
@@ -88,10 +78,10 @@ examples = load_examples(hellaswag_file, limit or 0, rank) if "hellaswag" in tas
 
 results = {}
 if examples:
-    hellaswag = hellaswag_set(examples, tokenizer_spec, rank, world_size)
-    results["hellaswag"] = hellaswag_accuracy(model, hellaswag, autocast, progress=rank == 0,
+    hellaswag = hellaswag_share(examples, tokenizer_spec, rank, world_size)
+    results["hellaswag"] = hellaswag_accuracy(model, hellaswag, autocast, progress=master_process,
                                               batch_tokens=batch_tokens)
-    if rank == 0:
+    if master_process:
         figures = results["hellaswag"]
         print(f"hellaswag: acc {figures['acc']:.4f}, acc_norm {figures['acc_norm']:.4f} "
               f"({figures['examples']} examples)")
@@ -99,16 +89,14 @@ if harness_names:
     harness_model = harness.HarnessModel(model, tokenizer_spec, autocast, batch_tokens)
     for name, figures in harness.run_tasks(harness_model, harness_names, task_manager, limit).items():
         results[name] = figures
-        if rank == 0:
+        if master_process:
             shown = ", ".join(f"{metric} {value:.4f}" for metric, value in figures.items() if metric != "examples")
             note = "; acc_norm per character" if "acc_norm" in figures else ""
             print(f"{name}: {shown} ({figures['examples']} examples{note})")
 
-if rank == 0:
+if master_process:
     source = os.path.join(out_dir, "ckpt.pt") if init_from == "resume" else init_from
     with replaced_atomically(results_file, what="results") as [tmp], open(tmp, "w") as f:
         json.dump({"model": source, "settings": config, "results": results}, f, indent=2)
     print(f"results written to {results_file}")
-if world_size > 1:
-    dist.barrier()  # no process tears down its process group while another may still use it
-    dist.destroy_process_group()
+end_run()

@@ -18,7 +18,7 @@ import os
 import sys
 
 from smallgpt.checkpoint import load_checkpoint
-from smallgpt.configurator import configure, defaults_of
+from smallgpt.configurator import configure
 from smallgpt.errors import UserError
 from smallgpt.files import replaced_atomically
 from smallgpt.hf_format import save_pretrained
@@ -28,7 +28,7 @@ from smallgpt.tokenizer import EOT, hf_tokenizer
 out_dir = "out"  # where train.py wrote ckpt.pt
 export_dir = ""  # the folder to write; empty: out_dir/hf
 # -----------------------------------------------------------------------------
-globals().update(configure(defaults_of(globals()), sys.argv[1:]))
+globals().update(configure(globals(), sys.argv[1:]))
 # -----------------------------------------------------------------------------
 
 ckpt_path = os.path.join(out_dir, "ckpt.pt")

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from smallgpt.configurator import configure, defaults_of
+from smallgpt.configurator import configure
 from smallgpt.dataset import SPLITS, split_stats
 from smallgpt.documents import batched_documents, document_suffix, is_url, read_documents, split_documents
 from smallgpt.errors import UserError
@@ -43,9 +43,9 @@ CHUNK_CHARS = 1 << 20  # characters read (or documents encoded) at a time: memor
 # default config values, overridden by --key=value flags (see smallgpt/configurator.py)
 input = ""  # a text, .jsonl or .parquet file, an http(s) URL of one, or hf:NAME[:CONFIG]; empty: Tiny Shakespeare
 dataset = ""  # output folder data/DATASET; empty: shakespeare_char / shakespeare / shakespeare_bpe, or the input's name
-tokenizer = "char"  # 'char' (one token per distinct character), 'gpt2' (GPT-2's BPE) or 'bpe' (learned from the text)
-vocab_size = 1024  # --tokenizer=bpe: the BPE's tokens, 256 bytes, the merges learned and <|endoftext|>
-val_fraction = 0.1  # the share kept for validation: the end of a text, or one in every 1/val_fraction documents
+tokenizer = "char"  # one of char, gpt2, bpe: a token per character, GPT-2's BPE, or one learned from the text
+vocab_size = 1024  # [1, 65536]: for --tokenizer=bpe: 256 bytes, the merges learned and <|endoftext|>
+val_fraction = 0.1  # (0, 1): kept for validation: the end of a text, or one in every 1/val_fraction documents
 # -----------------------------------------------------------------------------
 
 
@@ -258,7 +258,7 @@ def prepare(input, out_dir, tokenizer, val_fraction, vocab_size=vocab_size):
 
 
 def main(argv):
-    config = configure(defaults_of(globals()), argv)
+    config = configure(globals(), argv)
     name = config["dataset"] or default_dataset(config["input"], config["tokenizer"])
     out_dir = os.path.join("data", name)
     splits = prepare(config["input"], out_dir, config["tokenizer"], config["val_fraction"], config["vocab_size"])

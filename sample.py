@@ -19,8 +19,8 @@ import sys
 import torch
 
 from smallgpt.checkpoint import load_model
-from smallgpt.configurator import configure, defaults_of
-from smallgpt.devices import mixed_precision, resolve_device, resolve_dtype
+from smallgpt.configurator import configure
+from smallgpt.devices import start_run
 from smallgpt.errors import UserError
 from smallgpt.files import read_text
 from smallgpt.tokenizer import make_codec
@@ -29,17 +29,17 @@ from smallgpt.tokenizer import make_codec
 init_from = "resume"  # 'resume' (the checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
 out_dir = "out"  # where train.py wrote ckpt.pt
 start = "\n"  # the prompt, or FILE:path to read it from a file
-num_samples = 10  # how many samples to draw
-max_new_tokens = 500  # tokens generated per sample
-temperature = 0.8  # < 1 is more conservative, > 1 more random
-top_k = 200  # sample among the top_k most likely tokens only; 0 for all
-top_p = 1.0  # sample among the most likely tokens that make up top_p of the probability; 1.0 for all
-seed = 1337
+num_samples = 10  # [1, inf): how many samples to draw
+max_new_tokens = 500  # [0, inf): tokens generated per sample
+temperature = 0.8  # (0, inf); for nearly greedy sampling use e.g. 0.01 or --top_k=1: < 1: more conservative
+top_k = 200  # [0, inf): sample among the top_k most likely tokens only; 0 for all
+top_p = 1.0  # (0, 1]: sample among the most likely tokens that make up top_p of the probability; 1.0 for all
+seed = 1337  # [0, 4294967295]
 device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16), 'float32', 'bfloat16', 'float16'
+dtype = "auto"  # one of auto, float32, bfloat16, float16: auto: bfloat16 on CUDA where it runs, else float16
 compile = False  # torch.compile the model (pays off for long samples only)
 # -----------------------------------------------------------------------------
-globals().update(configure(defaults_of(globals()), sys.argv[1:]))
+globals().update(configure(globals(), sys.argv[1:]))
 # -----------------------------------------------------------------------------
 
 if start.startswith("FILE:"):
@@ -47,12 +47,8 @@ if start.startswith("FILE:"):
 if not start:
     raise UserError("the prompt is empty: give at least one character with --start=")
 
-device = resolve_device(device)
+device, dtype, autocast, _, _ = start_run(device, dtype, seed)  # smallgpt/devices.py
 device_type = device.split(":")[0]
-dtype = resolve_dtype(dtype, device_type)
-torch.manual_seed(seed)
-torch.set_float32_matmul_precision("high")
-autocast = mixed_precision(device_type, dtype)
 
 model, tokenizer_spec = load_model(init_from, out_dir)
 model.eval()

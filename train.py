@@ -24,17 +24,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import GPT, GPTConfig
 from smallgpt.budget import TimeBudget
-from smallgpt.checkpoint import (PRETRAINED_KEYS, load_training_state, mark_stopped_early, read_for_resuming,
-                                 restore_rng_states, rng_states, save_checkpoint, start_from_pretrained, training_state)
-from smallgpt.configurator import configure, defaults_of
+from smallgpt.checkpoint import mark_stopped_early, restore_training, save_training, start_model
+from smallgpt.configurator import configure
 from smallgpt.dataset import check_ids, loss_sums, open_dataset
-from smallgpt.devices import join_processes, mixed_precision, peak_flops, resolve_device, resolve_dtype
+from smallgpt.devices import end_run, is_master_process, launched_by_torchrun, peak_flops, start_run
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir
-from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_set, load_examples
-from smallgpt.hf_format import GPT2_MODELS
+from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_share, load_examples
+from smallgpt.hf_format import check_init_from
 from smallgpt.interrupts import catch_stop_signals, stop_requested
 from smallgpt.metrics import MetricsLog, format_duration
 from smallgpt.tokenizer import model_vocab_size, token_bytes
@@ -43,14 +41,14 @@ from smallgpt.tokenizer import model_vocab_size, token_bytes
 # default config values: a small character-level model that trains in a few minutes on a laptop CPU
 # I/O
 out_dir = "out"
-eval_interval = 250
+eval_interval = 250  # [1, inf)
 eval_at_start = True  # evaluate before the first step too (the starting loss); False: from the first interval on
-log_interval = 10
-eval_iters = 20  # batches per split in each loss estimate
+log_interval = 10  # [1, inf)
+eval_iters = 20  # [1, inf): batches per split in each loss estimate
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
-patience = 0  # stop when val loss has not improved for this many evaluations; ckpt.pt then holds the best (0: off)
-eval_hellaswag = 0  # HellaSwag examples scored at each eval, their acc_norm logged (0: none; see eval.py)
+patience = 0  # [0, inf): stop once val loss has not improved in this many evaluations, ckpt.pt the best (0: off)
+eval_hellaswag = 0  # [0, inf): HellaSwag examples scored at each eval, their acc_norm logged (see eval.py)
 hellaswag_file = ""  # a HellaSwag-format .jsonl (path or URL); empty: the validation split, downloaded once
 init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
 # wandb logging
@@ -59,50 +57,48 @@ wandb_project = "owt"
 wandb_run_name = "gpt2"
 # data
 dataset = "shakespeare_char"  # reads data/DATASET/{train,val}.bin and meta.json
-gradient_accumulation_steps = 1  # micro-batches per step, summed over all processes
-batch_size = 12  # sequences per micro-batch
-block_size = 64  # tokens per sequence
+gradient_accumulation_steps = 1  # [1, inf): micro-batches per step, summed over all processes
+batch_size = 12  # [1, inf): sequences per micro-batch
+block_size = 64  # [1, inf): tokens per sequence
 # model
-n_layer = 4
-n_head = 4
-n_embd = 128
-dropout = 0.0  # 0 for pretraining, 0.1+ for finetuning or small data
+n_layer = 4  # [1, inf)
+n_head = 4  # [1, inf)
+n_embd = 128  # [1, inf)
+dropout = 0.0  # [0, 1): 0 for pretraining, 0.1+ for finetuning or small data
 bias = False  # biases in Linears and LayerNorms
-activation = "gelu"  # the MLP's: 'gelu' (exact) or 'gelu_tanh' (GPT-2's approximation)
+activation = "gelu"  # one of gelu_tanh, gelu: the MLP's, GPT-2's approximation or exact
 rotary = False  # rotary position embeddings instead of learned ones
 qk_norm = False  # RMSNorm on queries and keys
-attn_scale = 1.0  # attention logits times this (above 1: sharper attention, for qk_norm)
+attn_scale = 1.0  # (0, inf): attention logits times this (above 1: sharper attention, for qk_norm)
 # optimizer: AdamW, or Muon for the transformer blocks' matrices and AdamW for the rest
-learning_rate = 1e-3  # max learning rate (AdamW's)
-muon_learning_rate = 0.0  # above 0: Muon, at this max learning rate, for the blocks' matrices
-muon_momentum = 0.95
-max_iters = 2000  # total optimizer steps
-max_seconds = 0  # train for this many seconds instead, the schedule fitted to the steps that fit (0: off)
-weight_decay = 1e-1
-beta1 = 0.9
-beta2 = 0.99
-grad_clip = 1.0  # clip gradients at this norm, 0.0 to disable
+learning_rate = 1e-3  # [0, inf): max learning rate (AdamW's)
+muon_learning_rate = 0.0  # [0, inf): above 0: Muon, at this max learning rate, for the blocks' matrices
+muon_momentum = 0.95  # [0, 1)
+max_iters = 2000  # [0, inf): total optimizer steps
+max_seconds = 0  # [0, inf): train for this many seconds instead, the schedule fitted to the steps that fit
+weight_decay = 1e-1  # [0, inf)
+beta1 = 0.9  # [0, 1)
+beta2 = 0.99  # [0, 1)
+grad_clip = 1.0  # [0, inf): clip gradients at this norm, 0.0 to disable
 # learning rate schedule
 decay_lr = True  # warm up, then cosine-decay to min_lr; False: constant learning_rate
-warmup_iters = 100
-lr_decay_iters = 2000  # ~= max_iters per Chinchilla
-min_lr = 1e-4  # ~= learning_rate / 10 per Chinchilla
+warmup_iters = 100  # [0, inf)
+lr_decay_iters = 2000  # [0, inf): ~= max_iters per Chinchilla
+min_lr = 1e-4  # [0, inf): ~= learning_rate / 10 per Chinchilla
 # system
-backend = "auto"  # torch.distributed backend: 'auto' picks nccl for CUDA, gloo for CPU
+backend = "auto"  # one of auto, nccl, gloo, mpi, ucc, xccl: torch.distributed's; auto: nccl on CUDA
 device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float16), 'float32', 'bfloat16', 'float16'
-compile = None  # torch.compile the model; None: on for CUDA, off elsewhere
+dtype = "auto"  # one of auto, float32, bfloat16, float16: auto: bfloat16 on CUDA where it runs, else float16
+compile = None  # one of None, True, False: torch.compile the model; None: on for CUDA, off elsewhere
 fsdp = False  # under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2)
-seed = 1337
+seed = 1337  # [0, 4294967295]
 # -----------------------------------------------------------------------------
-config = configure(defaults_of(globals()), sys.argv[1:])  # checked; and a UserError is one line on stderr
+config = configure(globals(), sys.argv[1:])  # checked; and a UserError is one line on stderr
 globals().update(config)
 # -----------------------------------------------------------------------------
 # the settings that depend on each other, and the data, checked before anything slow happens
 
-if init_from not in ("scratch", "resume", *GPT2_MODELS) and not os.path.isdir(init_from):
-    raise UserError(f"unknown init_from '{init_from}': use 'scratch', 'resume', a GPT-2 model "
-                    f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
+check_init_from(init_from, {"scratch": None, "resume": None})
 if n_embd % n_head != 0:
     raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): "
                     f"each head gets n_embd // n_head channels")
@@ -112,57 +108,46 @@ if rotary and n_embd // n_head % 2:
 if fsdp and muon_learning_rate:
     raise UserError("fsdp=True cannot train with Muon, which needs each matrix whole: "
                     "use DDP (fsdp=False) or muon_learning_rate=0")
-if compile not in (None, True, False):
-    raise UserError(f"compile must be True or False, got {compile!r}")
+torchrun = launched_by_torchrun()  # several processes, each training on a share of every step (DDP or FSDP)
+if fsdp and not torchrun:
+    raise UserError("fsdp=True shards the model over several processes: "
+                    "launch with torchrun --nproc_per_node=N train.py ...")
 data_dir, tokenizer_spec = open_dataset(dataset, block_size)
 
 # Ctrl-C or SIGTERM: finish the current step, save a checkpoint and exit (see smallgpt/interrupts.py)
-catch_stop_signals(announce=int(os.environ.get("RANK", 0)) == 0)
+catch_stop_signals(announce=is_master_process())
 
 # -----------------------------------------------------------------------------
-# processes and devices
+# processes and devices: the same seed, so the same initial weights, in every process (FSDP shards them as they are)
 
-ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
-device = resolve_device(device)
+device, dtype, autocast, rank, world_size = start_run(device, dtype, seed, backend)  # smallgpt/devices.py
 device_type = device.split(":")[0]
-dtype = resolve_dtype(dtype, device_type)
-if ddp:
-    device, ddp_rank, ddp_local_rank, ddp_world_size = join_processes(device, backend)  # a GPU or cores each
-    master_process = ddp_rank == 0  # logs and writes checkpoints
-    if fsdp and dtype == "float16":
-        raise UserError("fsdp=True trains in bfloat16 or float32: use --dtype=bfloat16 "
-                        "(float16 would need a sharded gradient scaler)")
-    if gradient_accumulation_steps % ddp_world_size != 0 and batch_size % ddp_world_size != 0:
-        raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
-                        f"number of processes ({ddp_world_size}), or else batch_size ({batch_size}) must be")
-else:
-    if fsdp:
-        raise UserError("fsdp=True shards the model over several processes: "
-                        "launch with torchrun --nproc_per_node=N train.py ...")
-    ddp_rank, ddp_world_size, master_process = 0, 1, True
+master_process = rank == 0  # logs and writes checkpoints
+if fsdp and dtype == "float16":
+    raise UserError("fsdp=True trains in bfloat16 or float32: use --dtype=bfloat16 "
+                    "(float16 would need a sharded gradient scaler)")
+if gradient_accumulation_steps % world_size != 0 and batch_size % world_size != 0:
+    raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
+                    f"number of processes ({world_size}), or else batch_size ({batch_size}) must be")
 # Each step trains on gradient_accumulation_steps x batch_size sequences in all, shared out among the
 # processes: each process takes a share of the micro-batches; where they do not divide,
 # each process takes a share of every micro-batch instead (so that the default runs under torchrun too).
-if gradient_accumulation_steps % ddp_world_size == 0:
-    micro_steps, micro_batch = gradient_accumulation_steps // ddp_world_size, batch_size
+if gradient_accumulation_steps % world_size == 0:
+    micro_steps, micro_batch = gradient_accumulation_steps // world_size, batch_size
 else:
-    micro_steps, micro_batch = gradient_accumulation_steps, batch_size // ddp_world_size
+    micro_steps, micro_batch = gradient_accumulation_steps, batch_size // world_size
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
 if compile is None:
     compile = device_type == "cuda"
 if master_process:
     make_dir(out_dir, "out_dir")
-    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es){' (FSDP)' if fsdp else ''}, compile {compile}")
+    print(f"device {device}, dtype {dtype}, {world_size} process(es){' (FSDP)' if fsdp else ''}, compile {compile}")
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
 
-torch.manual_seed(seed)  # the same initial weights in every process (FSDP shards them without a broadcast)
-torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later
-autocast = mixed_precision(device_type, dtype)
 byte_lengths = torch.tensor(token_bytes(tokenizer_spec), device=device)  # of each token id's text, for bits per byte
 hellaswag = None  # this process's share of the HellaSwag examples, tokenized, if they are to be scored
 if eval_hellaswag:
-    hellaswag = hellaswag_set(load_examples(hellaswag_file, eval_hellaswag, ddp_rank), tokenizer_spec, ddp_rank,
-                              ddp_world_size)
+    hellaswag = hellaswag_share(load_examples(hellaswag_file, eval_hellaswag, rank), tokenizer_spec, rank, world_size)
 
 # -----------------------------------------------------------------------------
 # data: random windows of block_size + 1 tokens, drawn from a seeded generator keyed by what the batch is for,
@@ -192,7 +177,7 @@ def train_batches(iter_num):
     while True:
         global_batch = get_batch("train", gradient_accumulation_steps * batch_size, iter_num)
         for micro_step in range(micro_steps):
-            first = (ddp_rank * micro_steps + micro_step) * micro_batch
+            first = (rank * micro_steps + micro_step) * micro_batch
             part = slice(first, first + micro_batch)
             yield global_batch[0][part], global_batch[1][part]
         iter_num += 1
@@ -207,25 +192,16 @@ model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=bloc
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 pretrained = None if init_from in ("scratch", "resume") else init_from  # where the weights started, if not random
 iter_num, best_val_loss, best_iter = 0, float("inf"), 0  # best_iter: the iteration of best_val_loss
-checkpoint = None
-if init_from == "resume":
-    checkpoint, model_args, changed = read_for_resuming(ckpt_path, model_args, config, tokenizer_spec, device)
+# a new model, the checkpoint's to resume, or GPT-2's weights or a Hugging Face folder's (smallgpt/checkpoint.py)
+model, model_args, checkpoint = start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_dir,
+                                            verbose=master_process)
+if checkpoint is not None:
     pretrained, iter_num = checkpoint.get("pretrained"), checkpoint["iter_num"]
     best_val_loss, best_iter = checkpoint["best_val_loss"], checkpoint["best_iter"]
-    if master_process:
-        print(f"resuming from {ckpt_path} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
 budget = TimeBudget(max_seconds, eval_interval, device, checkpoint and checkpoint.get("budget"), iter_num)
 if budget.steps:  # a resumed run goes on to the end fitted to its time, in the time left
     max_iters = lr_decay_iters = budget.steps
-
-if init_from in ("scratch", "resume"):
-    model = GPT(GPTConfig(**model_args))
-else:  # GPT-2's weights, or a Hugging Face folder's, with its shape (smallgpt/checkpoint.py)
-    model = start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropout, verbose=master_process)
-    model_args.update({k: getattr(model.config, k) for k in PRETRAINED_KEYS})
-torch.manual_seed(seed + ddp_rank)  # but different dropout masks
-if checkpoint is not None:
-    model.load_state_dict(checkpoint["model"])
+torch.manual_seed(seed + rank)  # the same initial weights in every process, but different dropout masks
 model.to(device)
 if master_process:
     print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
@@ -239,16 +215,14 @@ scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16" and device
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon_learning_rate,
                                        muon_momentum)
 if checkpoint is not None:
-    load_training_state(model, optimizer, checkpoint["optimizer"], fsdp)
-    scaler.load_state_dict(checkpoint["scaler"])
-    restore_rng_states(checkpoint, ddp_rank, device)
+    restore_training(checkpoint, model, optimizer, scaler, rank, device, fsdp)
 checkpoint = None  # free the memory
 
 raw_model = model  # what gets saved: never the compiled or DDP wrapper
 if compile:
     model = torch.compile(model)  # compiles at the first call: the first evaluation and step take longer
-if ddp and not fsdp:
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
+if torchrun and not fsdp:
+    model = DDP(model, device_ids=[torch.device(device)] if device_type == "cuda" else None)
 
 
 @torch.no_grad()
@@ -259,12 +233,12 @@ def estimate_loss():
     for name, split in (("train", "train_eval"), ("val", "val")):
         sums = torch.zeros(3, device=device)  # the loss of every token, of those that carry bytes, and their bytes
         # every process runs as many forward passes, which FSDP needs; batches past eval_iters count for nothing
-        for k in range(ddp_rank, math.ceil(eval_iters / ddp_world_size) * ddp_world_size, ddp_world_size):
+        for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
             X, Y = get_batch(split, batch_size, k % eval_iters)
             with autocast:
                 _, token_losses = model(X, Y, loss_reduction="none")
             sums += torch.stack(loss_sums(token_losses.float(), Y, byte_lengths)) * (k < eval_iters)
-        if ddp:
+        if torchrun:
             dist.all_reduce(sums)
         loss, nats, nbytes = sums.tolist()
         losses[name], bpb[name] = loss / (eval_iters * batch_size * block_size), nats / math.log(2) / max(nbytes, 1)
@@ -285,14 +259,10 @@ def get_lr(it):
 
 def write_checkpoint():
     """Save ckpt.pt: every process takes part (FSDP gathers the shards), rank 0 writes."""
-    model_state, optimizer_state = training_state(raw_model, optimizer, fsdp)
-    rng = rng_states(device)  # every process's, so that dropout continues exactly after a resume
+    save_training(ckpt_path, raw_model, optimizer, scaler, fsdp, device, master_process, model_args=model_args,
+                  iter_num=iter_num, best_val_loss=best_val_loss, best_iter=best_iter, config=config,
+                  tokenizer=tokenizer_spec, pretrained=pretrained, **budget.saved())
     if master_process:
-        save_checkpoint(ckpt_path, {
-            "model": model_state, "model_args": model_args, "optimizer": optimizer_state,
-            "scaler": scaler.state_dict(), "iter_num": iter_num, "best_val_loss": best_val_loss,
-            "best_iter": best_iter, "config": config, "tokenizer": tokenizer_spec, "pretrained": pretrained, **rng,
-            **budget.saved()})
         print(f"saving checkpoint to {ckpt_path}")
 
 
@@ -301,7 +271,7 @@ def check_finite(loss, what):
     if not math.isfinite(loss):
         last = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
         raise UserError(f"{what} is {loss} at iter {iter_num}: training diverged; {last}. "
-                        f"Try a lower learning_rate, or grad_clip=1.0")
+                        f"Try a lower learning_rate, or a lower grad_clip (0: none)")
 
 
 # -----------------------------------------------------------------------------
@@ -354,7 +324,7 @@ while True:
         # synchronize gradients only at the last micro-step: the others would be wasted traffic
         if fsdp:
             raw_model.set_requires_gradient_sync(micro_step == micro_steps - 1)
-        elif ddp:
+        elif torchrun:
             model.require_backward_grad_sync = micro_step == micro_steps - 1
         with autocast:
             logits, loss = model(X, Y)
@@ -380,7 +350,7 @@ while True:
     if max_seconds and local_iter_num % 10 == 0 and budget.fit(iter_num + 1, master_process):  # every ten steps
         max_iters = lr_decay_iters = budget.steps  # the schedule's end fitted to the time left
     if iter_num % log_interval == 0:
-        if ddp:
+        if torchrun:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         lossf = loss_sum.item()  # a CPU-GPU sync point
         check_finite(lossf, "loss")
@@ -415,6 +385,4 @@ if master_process and local_iter_num > 0:
     wall = time.time() - run_start
     print(f"done: best val loss {best_val_loss:.4f} at iter {best_iter}, {format_duration(wall)}, "
           f"{local_iter_num * tokens_per_iter / wall:,.0f} tokens/s")
-if ddp:
-    dist.barrier()  # no process tears down its process group while another may still use it
-    dist.destroy_process_group()
+end_run()

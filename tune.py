@@ -18,41 +18,43 @@ behind the others' at the same share of the trial's time (with max_seconds) or s
 Running the same command again continues the study; so do workers on other machines given the same database
 `storage`. A study_dir holds one study's files. Each worker records a heartbeat with its running trial, so that a
 trial whose worker died anywhere is failed and run again. Ctrl-C stops the running trial and the search. Only the
-best trial keeps its ckpt.pt; best.py holds the best trial's own settings. See smallgpt/tuning.py.
+best trial keeps its ckpt.pt; best.py holds the best trial's own settings. See smallgpt/tune_*.py.
 """
 
 import os
 import sys
 import time
 
-from smallgpt.configurator import configure, defaults_of
+from smallgpt.configurator import configure, ranges_in, script_settings
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir
-from smallgpt.tuning import (FORK_TRIALS, PER_TRIAL, check_study_space, check_trial_settings, claim_study_dir,
-                             deferred_ctrl_c, drop_checkpoints_but_the_best, fail_stale_trials, flags_of,
-                             make_trial_dir, open_study, preload, print_summary, record_trial, run_trial,
-                             script_defaults, search_space, starting_point, suggest, this_worker, trials_taken,
-                             write_results)
+from smallgpt.tune_results import print_summary, write_results
+from smallgpt.tune_space import PER_TRIAL, check_trial_settings, flags_of, search_space, starting_point, suggest
+from smallgpt.tune_study import (check_study_space, claim_study_dir, deferred_ctrl_c, drop_checkpoints_but_the_best,
+                                 fail_stale_trials, make_trial_dir, open_study, record_trial, this_worker,
+                                 trials_taken)
+from smallgpt.tune_trials import FORK_TRIALS, preload, run_trial
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-TRAIN_DEFAULTS = script_defaults(os.path.join(ROOT, "train.py"))
+TRAIN_DEFAULTS = script_settings(os.path.join(ROOT, "train.py"))  # read from its source: nothing runs
+TRAIN_RANGES = ranges_in(os.path.join(ROOT, "train.py"))
 FAILURES_IN_A_ROW = 5  # then the search stops: the settings it is given are likely at fault, not the draw
 
 # -----------------------------------------------------------------------------
-trials = 20  # finished (complete or pruned) trials the study should have, over all its workers
+trials = 20  # [1, inf): finished (complete or pruned) trials the study should have, over all its workers
 study_dir = "out-tune"  # trial_N/ folders, trials.csv, best.py, the plots, and the default storage
 storage = ""  # '': a journal file in study_dir; or a database URL that workers on several machines share
 study_name = "smallgpt"  # the study within the storage
-timeout = 0  # seconds for this worker's search (0: no limit); a trial starts only if its max_seconds fit
-prune_after = 5  # complete trials before the pruner compares a trial's evaluations with theirs
+timeout = 0  # [0, inf): seconds for this worker's search (0: none); a trial starts only if its max_seconds fit
+prune_after = 5  # [0, inf): complete trials before the pruner compares a trial's evaluations with theirs
 search = None  # {train.py setting: range or choices}, in the tune config file
 torchrun = ""  # run each trial as `torchrun THESE train.py ...`, e.g. '--standalone --nproc_per_node=4'
 # -----------------------------------------------------------------------------
-config = configure({**TRAIN_DEFAULTS, **defaults_of(globals())}, sys.argv[1:])
+config = configure({**TRAIN_DEFAULTS, **globals()}, sys.argv[1:], {**TRAIN_RANGES, **ranges_in(__file__)})
 globals().update(config)
 # -----------------------------------------------------------------------------
 
-space = search_space(search, TRAIN_DEFAULTS)
+space = search_space(search, TRAIN_DEFAULTS, TRAIN_RANGES)
 check_trial_settings(config, space)
 fixed = {key: config[key] for key in TRAIN_DEFAULTS  # what every trial gets: the settings changed from train.py's
          if config[key] != TRAIN_DEFAULTS[key] and key not in space and key not in PER_TRIAL}

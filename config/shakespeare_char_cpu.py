@@ -1,4 +1,5 @@
-# The best character-level Shakespeare model we found for a CPU in the time the default config takes:
+# A character-level Shakespeare model for a CPU, tuned by hand, in the time the default config takes (tune.py's
+# search from config/tune_shakespeare_char_cpu.py finds settings that beat it: see the README's "Tuning"):
 #   python prepare.py && python train.py config/shakespeare_char_cpu.py
 # Beyond the default (bench.py --part=ablation takes out one part at a time; see docs/measurements.md):
 # - Muon for the transformer blocks' matrices (AdamW for the embedding and gains): far more progress per step;

@@ -4,7 +4,7 @@
 # evaluates every eval_interval steps, so that hopeless trials are pruned early.
 dataset = "shakespeare_char"
 device = "cpu"
-max_seconds = 123  # about as long as config/shakespeare_char_cpu.py's 500 steps take on 2 cores
+max_seconds = 123  # every trial the same time: set it to what your own recipe trains for
 eval_interval = 125
 eval_iters = 20  # the recipe's: the last evaluation scores the batches that the recipe's does
 eval_at_start = False

@@ -1,16 +1,18 @@
 """
-train.py's checkpoints, out_dir/ckpt.pt: self-contained (weights, model shape, optimizer, progress, config and
-tokenizer), written atomically, and read back with weights_only=True, so that a file can never run code.
+train.py's checkpoints, out_dir/ckpt.pt, and where a model comes from. A checkpoint is self-contained (weights,
+model shape, optimizer, progress, config and tokenizer), written atomically, and read back with weights_only=True,
+so that a file can never run code.
 
-- save_checkpoint, read_checkpoint: the file, whole or not at all; a UserError that says why it cannot be read.
-- load_checkpoint: the model and its tokenizer spec on the CPU, for sample.py, export.py and bench.py.
-- load_model: the same of a checkpoint, of OpenAI's GPT-2 or of a Hugging Face folder, for sample.py and eval.py.
-- start_from_pretrained: GPT-2's weights (or a folder's) to train on from train.py, checked against the data.
-- read_for_resuming: the checkpoint, if it can resume with this run's settings, and which of them changed.
+- start_model: the model that train.py trains: new, resumed from its checkpoint, or pretrained (GPT-2's weights
+  or a folder's, checked against the data); with its shape and, for a resume, the checkpoint.
+- restore_training: a resumed run's optimizer, gradient scaler and random number generators, as they were.
+- save_training: a run's ckpt.pt; every process takes part (FSDP gathers the shards), rank 0 writes.
 - mark_stopped_early: note in the best evaluation's checkpoint that its run stopped early, for a resume to ask.
-- training_state, load_training_state: the weights and the optimizer state by parameter name, whole tensors,
-  so that a run saved by one process resumes under DDP or FSDP and the other way round.
-- rng_states, restore_rng_states: every process's random number generators, for dropout.
+- load_model: the model and tokenizer spec of a checkpoint, of OpenAI's GPT-2 or of a Hugging Face folder, on the
+  CPU (sample.py, eval.py); load_checkpoint: those of a checkpoint file (export.py, bench.py).
+- read_checkpoint, read_for_resuming: the file, or a UserError that says why it cannot be read or resumed.
+The weights and the optimizer state are kept by parameter name, as whole tensors, so that a run saved by one
+process resumes under DDP or FSDP and the other way round.
 """
 
 import os
@@ -22,12 +24,14 @@ import torch.distributed as dist
 from model import GPT, GPTConfig
 from smallgpt.errors import UserError
 from smallgpt.files import replaced_atomically
-from smallgpt.hf_format import GPT2_MODELS, check_pretrained_tokenizer, pretrained_tokenizer
+from smallgpt.hf_format import check_init_from, check_pretrained_tokenizer, pretrained_tokenizer
 from smallgpt.tokenizer import GPT2_SPEC
 
-# what train.py saves, and needs to resume
-TRAINING_KEYS = ("model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss", "best_iter", "config",
-                 "tokenizer", "rng_cpu", "rng_cuda")
+# what a run tells save_training of itself: with the weights, the optimizer, the gradient scaler and the RNG
+# states, what a resume needs; a run also gives "pretrained" (where its weights started) and, with max_seconds,
+# its "budget"
+RUN_KEYS = ("model_args", "iter_num", "best_val_loss", "best_iter", "config", "tokenizer")
+TRAINING_KEYS = ("model", "optimizer", "scaler", "rng_cpu", "rng_cuda", *RUN_KEYS)
 MODEL_KEYS = tuple(key for key in asdict(GPTConfig()) if key != "dropout")  # the model's shape and options
 PRETRAINED_KEYS = tuple(key for key in MODEL_KEYS if key != "block_size")  # a pretrained model brings its own
 
@@ -65,19 +69,45 @@ def load_model(init_from, out_dir):
     (model, tokenizer spec) on the CPU: the checkpoint in out_dir (init_from='resume'), OpenAI's GPT-2 by name,
     or a folder in Hugging Face's GPT-2 format, with GPT-2's BPE or the tokenizer.json of a BPE that export.py wrote.
     """
-    if init_from not in ("resume", *GPT2_MODELS) and not os.path.isdir(init_from):
-        raise UserError(f"unknown init_from '{init_from}': use 'resume' (the checkpoint in out_dir), a GPT-2 model "
-                        f"({', '.join(GPT2_MODELS)}) or a folder in Hugging Face's GPT-2 format")
+    check_init_from(init_from, {"resume": "the checkpoint in out_dir"})
     if init_from == "resume":
         model, tokenizer_spec = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
     else:
         tokenizer_spec = pretrained_tokenizer(init_from)
         model = GPT.from_pretrained(init_from)
-    if model.config.vocab_size < tokenizer_spec["vocab_size"]:
         whose = "GPT-2's" if tokenizer_spec == GPT2_SPEC else "its tokenizer's"
+        check_vocabulary(model, init_from, tokenizer_spec, whose)
+    return model, tokenizer_spec
+
+
+def check_vocabulary(model, init_from, tokenizer_spec, whose):
+    """UserError if the pretrained model init_from has fewer tokens than the tokenizer whose ids it is to read."""
+    if model.config.vocab_size < tokenizer_spec["vocab_size"]:
         raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than {whose} "
                         f"{tokenizer_spec['vocab_size']}: it is not a model of that tokenizer")
-    return model, tokenizer_spec
+
+
+def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_dir, verbose):
+    """
+    (model, model_args, checkpoint) for train.py, on the CPU: a new model of model_args (init_from='scratch'); the
+    checkpoint at ckpt_path, if it can resume with this run's settings, and its model with its weights ('resume');
+    or the pretrained model init_from, whose shape model_args then take, its positions cropped to block_size.
+    """
+    checkpoint = None
+    if init_from == "resume":
+        checkpoint, model_args, changed = read_for_resuming(ckpt_path, model_args, config, tokenizer_spec)
+        if verbose:
+            print(f"resuming from {ckpt_path} at iter {checkpoint['iter_num']}"
+                  + (f"; changed: {', '.join(changed)}" if changed else ""))
+    if init_from in ("scratch", "resume"):
+        model = GPT(GPTConfig(**model_args))
+    else:  # GPT-2's weights, or a Hugging Face folder's, with its shape
+        model = start_from_pretrained(init_from, tokenizer_spec, data_dir, model_args["block_size"],
+                                      model_args["dropout"], verbose)
+        model_args = {**model_args, **{key: getattr(model.config, key) for key in PRETRAINED_KEYS}}
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    return model, model_args, checkpoint
 
 
 def start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropout, verbose=True):
@@ -87,9 +117,7 @@ def start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropo
     """
     check_pretrained_tokenizer(init_from, tokenizer_spec, data_dir)  # the weights were trained on its ids
     model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-    if model.config.vocab_size < tokenizer_spec["vocab_size"]:
-        raise UserError(f"{init_from} has {model.config.vocab_size} tokens, fewer than the "
-                        f"{tokenizer_spec['vocab_size']} of {data_dir}'s tokenizer: it is not a GPT-2-tokenized model")
+    check_vocabulary(model, init_from, tokenizer_spec, f"{data_dir}'s tokenizer's")
     if block_size > model.config.block_size:
         raise UserError(f"block_size={block_size} is longer than the {model.config.block_size} positions of "
                         f"{init_from}; use --block_size={model.config.block_size} or less")
@@ -101,14 +129,14 @@ def start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropo
     return model
 
 
-def read_for_resuming(path, model_args, config, tokenizer_spec, device):
+def read_for_resuming(path, model_args, config, tokenizer_spec):
     """
     (checkpoint, model_args, changes) for resuming the checkpoint at path with this run's model_args, config and
     dataset's tokenizer_spec: the tokenizer and the model must be the checkpoint's, or a UserError says how they
     differ (a pretrained model's shape is taken from the checkpoint); changes lists the other settings that differ.
     """
     try:
-        checkpoint = read_checkpoint(path, TRAINING_KEYS, device)
+        checkpoint = read_checkpoint(path, TRAINING_KEYS)
         return checkpoint, *resume_settings(checkpoint, model_args, config, tokenizer_spec)
     except UserError as e:
         raise UserError(f"cannot resume: {e}") from None
@@ -150,6 +178,27 @@ def mark_stopped_early(path, iter_num, patience, max_iters):
         checkpoint = read_checkpoint(path, TRAINING_KEYS)
         checkpoint["stopped_early"] = {"iter": iter_num, "patience": patience, "max_iters": max_iters}
         save_checkpoint(path, checkpoint)
+
+
+def save_training(path, model, optimizer, scaler, fsdp, device, master_process, **run):
+    """
+    Save a run's ckpt.pt at path: the weights, the optimizer and gradient scaler states, every process's RNG states
+    (so that dropout continues exactly after a resume) and what run gives (RUN_KEYS and more). Every process takes
+    part, master_process writes.
+    """
+    assert set(RUN_KEYS) <= run.keys(), sorted(set(RUN_KEYS) - run.keys())
+    model_state, optimizer_state = training_state(model, optimizer, fsdp)
+    rng = rng_states(device)
+    if master_process:
+        save_checkpoint(path, {"model": model_state, "optimizer": optimizer_state, "scaler": scaler.state_dict(),
+                               **rng, **run})
+
+
+def restore_training(checkpoint, model, optimizer, scaler, rank, device, fsdp):
+    """A resumed run's optimizer state (its settings stay this run's), gradient scaler and RNG states."""
+    load_training_state(model, optimizer, checkpoint["optimizer"], fsdp)
+    scaler.load_state_dict(checkpoint["scaler"])
+    restore_rng_states(checkpoint, rank, device)
 
 
 def training_state(model, optimizer, fsdp):

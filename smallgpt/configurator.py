@@ -1,5 +1,6 @@
 """
-Command-line configuration shared by the scripts (prepare.py, train.py, sample.py, bench.py, export.py).
+Command-line configuration shared by the scripts (prepare.py, train.py, sample.py, eval.py, tune.py, export.py,
+bench.py).
 
 Each script keeps its settings as plain module-level values and hands them to
 `configure`, together with its command-line arguments:
@@ -14,65 +15,94 @@ win. Every key must be one the script knows, and every value must have the
 type of the default it replaces (an int is fine where a float is expected;
 a key whose default is None takes any value).
 
-Every value must also lie in its range, or be one of its choices: RANGES holds
-them for every script. A mistake raises UserError, and configure makes every
-UserError end the script with one line on stderr that says what to fix, never
-with a traceback (see errors.py).
+A setting's valid values stand beside it, at the start of its comment (up to a
+': ' and the setting's description): an interval, where '[' and ']' include an
+end and '(' and ')' leave it out, optionally after 'None or ' and 'int ' (a
+whole number), and before a hint for the error message after '; '; or 'one of'
+and the choices:
 
-- defaults_of(namespace): a script's settings, its plain lower-case module-level values.
-- configure(defaults, argv): the settings with argv applied and checked.
+    dropout = 0.0  # [0, 1): 0 for pretraining, 0.1+ for finetuning or small data
+    limit = None  # None or int [1, inf)
+    dtype = "auto"  # one of auto, float32, bfloat16, float16
+
+A mistake raises UserError, and configure makes every UserError end the script
+with one line on stderr that says what to fix, never with a traceback (see
+errors.py).
+
+- configure(settings, argv, ranges): a script's settings (its globals()) with argv applied and checked, each
+  against its range (by default, those written in the script's file).
+- script_settings(path), ranges_in(path): a script's settings, and their ranges, read from its source without
+  running it.
+- defaults_of(settings): the settings' values, the plain lower-case ones.
+- check_range(key, value, spec): UserError unless value is valid for spec.
 """
 
 import ast
 import difflib
+import io
 import os
+import re
 import sys
+import tokenize
 
 from smallgpt.errors import UserError, report_user_errors
 from smallgpt.files import read_text
 
-# The valid values of each setting of every script that has it: an interval, where '[' and ']' include an end
-# and '(' and ')' leave it out, with a hint for the error message after '; '; or a tuple of the choices.
-RANGES = {
-    # train.py (and bench.py's model)
-    "eval_interval": "[1, inf)", "log_interval": "[1, inf)", "eval_iters": "[1, inf)",
-    "gradient_accumulation_steps": "[1, inf)", "batch_size": "[1, inf)", "block_size": "[1, inf)",
-    "n_layer": "[1, inf)", "n_head": "[1, inf)", "n_embd": "[1, inf)", "dropout": "[0, 1)", "attn_scale": "(0, inf)",
-    "learning_rate": "[0, inf)", "muon_learning_rate": "[0, inf)", "muon_momentum": "[0, 1)", "max_iters": "[0, inf)",
-    "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)", "grad_clip": "[0, inf)",
-    "warmup_iters": "[0, inf)", "lr_decay_iters": "[0, inf)", "min_lr": "[0, inf)", "seed": "[0, 4294967295]",
-    "activation": ("gelu_tanh", "gelu"), "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "backend": ("auto", "nccl", "gloo", "mpi", "ucc", "xccl"),
-    # sample.py
-    "num_samples": "[1, inf)", "max_new_tokens": "[0, inf)", "top_k": "[0, inf)", "top_p": "(0, 1]",
-    "temperature": "(0, inf); for nearly greedy sampling use e.g. 0.01 or --top_k=1",
-    # prepare.py
-    "val_fraction": "(0, 1)", "vocab_size": "[1, 65536]", "tokenizer": ("char", "gpt2", "bpe"),
-    # bench.py
-    "part": ("all", "train", "recipe", "sample", "prepare", "tokenizers", "ablation", "eval", "tune"),
-    "rounds": "[1, inf)", "steps_per_round": "[1, inf)", "recipe_repeats": "[1, inf)", "char_megabytes": "[1, inf)",
-    "gpt2_megabytes": "[1, inf)", "eval_examples": "[1, inf)",
-    # eval.py and train.py's HellaSwag
-    "eval_hellaswag": "[0, inf)", "batch_tokens": "[1, inf)",
-    # train.py's early stop and time budget, and tune.py
-    "patience": "[0, inf)", "max_seconds": "[0, inf)", "trials": "[1, inf)", "timeout": "[0, inf)",
-    "prune_after": "[0, inf)",
-}
+NUMBER = r"-?(?:inf|[0-9.]+(?:e[-+]?[0-9]+)?)"
+RANGE = re.compile(rf"(None or )?(int )?[\[(]{NUMBER}, {NUMBER}[\])](; .*)?$|one of \S.*$")
 
 
-def defaults_of(namespace):
+def defaults_of(settings):
     """
     A script's settings from its globals(): the values named in lower case (constants are in upper case) that are
     numbers, booleans, strings or None, which leaves out modules, functions and classes.
     """
-    return {key: value for key, value in namespace.items() if key.islower() and not key.startswith("_")
+    return {key: value for key, value in settings.items() if key.islower() and not key.startswith("_")
             and (value is None or isinstance(value, (int, float, bool, str)))}
 
 
-def configure(defaults, argv):
-    """Return a copy of `defaults` with the config files and --key=value flags in argv applied."""
+def script_settings(path):
+    """The settings of the script at path, as defaults_of its globals() would give them, read from its source
+    without running it: the module-level lower-case names bound to literals."""
+    settings = {}
+    for node, name in module_assignments(read_text(path, "script")):
+        try:
+            settings.setdefault(name, ast.literal_eval(node.value))
+        except ValueError:
+            continue
+    return settings
+
+
+def ranges_in(path):
+    """{setting: spec} of the settings of the script at path whose comment begins with their valid values."""
+    source = read_text(path, "script")
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    comments = {token.start[0]: token.string[1:].strip() for token in tokens if token.type == tokenize.COMMENT}
+    ranges = {}
+    for node, name in module_assignments(source):
+        spec = comments.get(node.end_lineno, "").partition(": ")[0]
+        if isinstance(node.value, ast.Constant) and RANGE.match(spec):
+            ranges.setdefault(name, spec)
+    return ranges
+
+
+def module_assignments(source):
+    """(node, name) of each module-level `name = value` in source whose name is a setting's."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name.islower() and not name.startswith("_"):
+                yield node, name
+
+
+def configure(settings, argv, ranges=None):
+    """
+    The script's settings (its globals()) as a dict, with the config files and --key=value flags in argv applied,
+    each value checked against its spec in ranges (by default, those written in the settings' script, __file__).
+    """
     report_user_errors()
-    config = dict(defaults)
+    config = defaults_of(settings)
+    ranges = ranges_in(settings["__file__"]) if ranges is None and "__file__" in settings else ranges or {}
     for arg in argv:
         if arg.startswith("--"):
             key, sep, raw = arg[2:].partition("=")
@@ -85,29 +115,46 @@ def configure(defaults, argv):
                 check_known(key, config, where=f"config file {arg}")
                 config[key] = convert(key, value, config[key], where=arg)
     for key, value in config.items():
-        check_range(key, value)
+        if key in ranges:
+            check_range(key, value, ranges[key])
     return config
 
 
-def check_range(key, value):
-    """UserError unless value lies in the range, or is one of the choices, that RANGES gives its key."""
-    if isinstance(RANGES.get(key), tuple) and value not in RANGES[key]:
-        raise UserError(f"unknown {key} '{value}': use {', '.join(RANGES[key])}")
-    if not isinstance(RANGES.get(key), str) or not isinstance(value, (int, float)) or isinstance(value, bool):
+def check_range(key, value, spec):
+    """UserError unless value lies in spec's interval or is one of its choices (a spec as ranges_in reads them)."""
+    if spec.startswith("one of "):
+        choices = [literal_or_text(choice) for choice in spec[len("one of "):].split(", ")]
+        if value in choices and type(value) in [type(choice) for choice in choices if choice == value]:
+            return
+        if all(isinstance(choice, str) for choice in choices):
+            raise UserError(f"unknown {key} '{value}': use {', '.join(choices)}")
+        shown = [repr(choice) for choice in choices if choice is not None]
+        raise UserError(f"{key} must be {', '.join(shown[:-1])} or {shown[-1]}, got {value!r}")
+    spec, _, hint = spec.partition("; ")
+    if spec.startswith("None or "):
+        if value is None:
+            return
+        spec = spec[len("None or "):]
+    whole = spec.startswith("int ")
+    interval = spec.removeprefix("int ")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number and not whole:  # a value of the wrong type is the type check's to report
         return
-    interval, _, hint = RANGES[key].partition("; ")
     low, high = (float(end) for end in interval[1:-1].split(", "))
-    above_low = low <= value if interval[0] == "[" else low < value
-    below_high = value <= high if interval[-1] == "]" else value < high
-    if above_low and below_high:
+    inside = number and (low <= value if interval[0] == "[" else low < value) and (
+        value <= high if interval[-1] == "]" else value < high)
+    if inside and (isinstance(value, int) or not whole):
         return
+    if hint.startswith("must be "):  # the hint says it all
+        raise UserError(f"{key} {hint}, got {value!r}")
     if high < float("inf"):
         allowed = f"in {interval}"
     elif interval[0] == "(":
         allowed = f"above {low:g}"
     else:
         allowed = "0 or more" if low == 0 else f"at least {low:g}"
-    raise UserError(f"{key} must be {allowed}, got {value}" + (f"; {hint}" if hint else ""))
+    raise UserError(f"{key} must be {'a whole number ' if whole else ''}{allowed}, got {value}"
+                    + (f"; {hint}" if hint else ""))
 
 
 def run_config_file(path, config):
@@ -131,6 +178,13 @@ def check_known(key, config, where):
     close = difflib.get_close_matches(key, list(config), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(config))}"
     raise UserError(f"unknown key '{key}' in {where}{hint}")
+
+
+def literal_or_text(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def parse_literal(raw, default):

@@ -49,8 +49,9 @@ def open_dataset(dataset, block_size):
                             f"it is cut short or not a token file; make the folder again with: {remake}")
     tokenizer_spec = {key: value for key, value in meta.items() if key != "splits"}
     if not has_split_record(meta):  # prepared before the record was kept: count the ids once, and keep it
+        from smallgpt.devices import is_master_process  # here only: prepare.py imports this file, not torch
         meta["splits"] = {split: split_stats(count_ids(paths[f"{split}.bin"]), tokenizer_spec) for split in SPLITS}
-        if os.environ.get("RANK", "0") == "0" and os.access(data_dir, os.W_OK):  # one process writes it
+        if is_master_process() and os.access(data_dir, os.W_OK):  # one process writes it
             with replaced_atomically(paths["meta.json"], what="meta.json") as [tmp]:
                 with open(tmp, "w", encoding="utf-8") as f:
                     json.dump(meta, f, ensure_ascii=False)

@@ -1,6 +1,10 @@
 """
 The device and the number format a script runs in, for train.py, sample.py, eval.py and bench.py.
 
+- start_run(device, dtype, seed, backend), end_run(): what every script sets up first and tears down last: the
+  device and dtype, the seed, the autocast context, and under torchrun the process group.
+- launched_by_torchrun, is_master_process: whether torchrun started this process, and whether it is the one that
+  logs and writes (rank 0, or the only one); both read torchrun's environment, so they hold before start_run.
 - resolve_device, resolve_dtype: the 'auto' settings made concrete, or a one-line error for a device or dtype
   that this machine does not have.
 - join_processes: under torchrun, this process's rank and device, its process group started.
@@ -16,6 +20,36 @@ import torch
 import torch.distributed as dist
 
 from smallgpt.errors import UserError
+
+
+def start_run(device, dtype, seed, backend="auto"):
+    """
+    (device, dtype, autocast, rank, world size): 'auto' made concrete, under torchrun with the process group up (a
+    GPU or a share of the cores each); torch seeded (the same in every process), TF32 matmuls on Ampere and later.
+    """
+    device, rank, world_size = resolve_device(device), 0, 1
+    if launched_by_torchrun():
+        device, rank, _, world_size = join_processes(device, backend)
+    device_type = device.split(":")[0]
+    dtype = resolve_dtype(dtype, device_type)
+    torch.manual_seed(seed)
+    torch.set_float32_matmul_precision("high")
+    return device, dtype, mixed_precision(device_type, dtype), rank, world_size
+
+
+def end_run():
+    """Under torchrun: every process waits for the others, then leaves the process group, which none still uses."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def launched_by_torchrun():
+    return int(os.environ.get("RANK", -1)) != -1
+
+
+def is_master_process():
+    return int(os.environ.get("RANK", 0)) == 0
 
 
 def resolve_device(device):

@@ -7,7 +7,7 @@ by the ending's summed cross-entropy, `acc_norm` by its mean per token.
   data/hellaswag and checked at every use; or any HellaSwag-format .jsonl, a path or an http(s) URL.
 - read_examples(path, limit): [(context, endings, label)] of the first limit examples (0: all);
   load_examples(source, limit, rank): the same of the file that fetch_hellaswag gives.
-- hellaswag_set(examples, tokenizer_spec, rank, world_size): this process's share of them, tokenized.
+- hellaswag_share(examples, tokenizer_spec, rank, world_size): this process's share of them, tokenized.
 - hellaswag_accuracy(model, hellaswag, autocast): acc, acc_norm and the number of examples, over all processes.
 """
 
@@ -109,7 +109,7 @@ def load_examples(source="", limit=0, rank=0):
     return read_examples(fetch_hellaswag(source, rank), limit)
 
 
-def hellaswag_set(examples, tokenizer_spec, rank=0, world_size=1):
+def hellaswag_share(examples, tokenizer_spec, rank=0, world_size=1):
     """
     This process's share of the examples, as the model reads them: (share, number of examples in all), where the
     share lists (pairs, label), one (context ids, ending ids) pair per ending, the ending with its leading space.
@@ -122,9 +122,9 @@ def hellaswag_set(examples, tokenizer_spec, rank=0, world_size=1):
     return share, len(examples)
 
 
-def hellaswag_accuracy(model, hellaswag, autocast, every_process=False, progress=False, batch_tokens=8192):
+def hellaswag_accuracy(model, hellaswag, autocast, fsdp=False, progress=False, batch_tokens=8192):
     """
-    {"acc", "acc_norm", "examples"} of the model on a hellaswag_set, over all processes; every_process and
+    {"acc", "acc_norm", "examples"} of the model on a hellaswag_share, over all processes; fsdp and
     batch_tokens as in continuation_losses. progress shows a bar with the running acc_norm.
     """
     share, n_examples = hellaswag
@@ -136,7 +136,7 @@ def hellaswag_accuracy(model, hellaswag, autocast, every_process=False, progress
         for k in range(chunks):
             chunk = share[k * EXAMPLES_PER_CHUNK:(k + 1) * EXAMPLES_PER_CHUNK]
             pairs = [pair for ending_pairs, _ in chunk for pair in ending_pairs]
-            losses = iter(continuation_losses(model, pairs, autocast, batch_tokens, every_process))
+            losses = iter(continuation_losses(model, pairs, autocast, batch_tokens, fsdp))
             for ending_pairs, label in chunk:
                 scores = [next(losses) for _ in ending_pairs]  # (summed loss, tokens, greedy) of each ending
                 sums = [loss for loss, _, _ in scores]

@@ -2,6 +2,7 @@
 Hugging Face's GPT-2 format, in and out: config.json with the weights in model.safetensors (or
 pytorch_model.bin), under transformers' names, as GPT2LMHeadModel.save_pretrained writes them.
 
+- check_init_from: a model to start from must be one of a script's own starts, a GPT-2 model or a folder.
 - load_pretrained: OpenAI's GPT-2 weights ('gpt2' ... 'gpt2-xl', downloaded from the Hugging Face Hub and cached
   there) or a local folder, into a model that GPT.from_pretrained builds (so this file needs no import of it).
 - save_pretrained: a GPT in that format, for transformers and load_pretrained (export.py).
@@ -33,6 +34,15 @@ HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "ge
 GPT2_DEFAULTS = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                      n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5, scale_attn_weights=True,
                      scale_attn_by_inverse_layer_idx=False, tie_word_embeddings=True, add_cross_attention=False)
+
+
+def check_init_from(init_from, starts):
+    """UserError unless init_from is one of starts ({name: what it means, or None}), a GPT-2 model or a folder."""
+    if init_from in starts or init_from in GPT2_MODELS or os.path.isdir(init_from):
+        return
+    named = ", ".join(f"'{name}'" + (f" ({what})" if what else "") for name, what in starts.items())
+    raise UserError(f"unknown init_from '{init_from}': use {named}, a GPT-2 model ({', '.join(GPT2_MODELS)}) "
+                    f"or a folder in Hugging Face's GPT-2 format")
 
 
 def load_pretrained(name_or_path, build_model):

@@ -44,17 +44,17 @@ def padded_batches(windows, batch_tokens):
 
 
 @torch.no_grad()
-def continuation_losses(model, pairs, autocast, batch_tokens=8192, every_process=False):
+def continuation_losses(model, pairs, autocast, batch_tokens=8192, fsdp=False):
     """
     [(loss, n_tokens, greedy)] for each (context ids, continuation ids) pair: the continuation's cross-entropy
     summed over its n_tokens tokens, and whether each of them is the model's most likely next token.
-    With every_process (FSDP, whose forward passes are collective), every process runs as many forward passes.
+    With fsdp (a sharded model, whose forward passes are collective), every process runs as many forward passes.
     """
     block_size, device = model.config.block_size, model.lm_head.weight.device
     windows = [window(context, continuation, block_size) for context, continuation in pairs]
     batches = padded_batches(windows, batch_tokens)
     n_passes = torch.tensor(len(batches), device=device)
-    if every_process and dist.is_initialized():
+    if fsdp and dist.is_initialized():
         dist.all_reduce(n_passes, op=dist.ReduceOp.MAX)
     results = [None] * len(pairs)
     was_training = model.training
@@ -69,7 +69,7 @@ def continuation_losses(model, pairs, autocast, batch_tokens=8192, every_process
         x, y = x.to(device), y.to(device)
         scored = y != -1  # (B, T)
         with autocast:
-            if every_process:  # FSDP gathers the weights of the whole model in its forward pass alone
+            if fsdp:  # FSDP gathers the weights of the whole model in its forward pass alone
                 logits, _ = model(x, y)
                 logits = logits[scored]
             else:  # the logits of the scored positions only: most of each row is context

@@ -8,6 +8,7 @@ evaluations in Weights & Biases.
 - MetricsLog: appends records to metrics.jsonl with the seconds since the run began; a resumed run continues
   the file of the run it resumes, and its clock.
 - plot_losses: loss.png from the records.
+- pyplot, save_figure: matplotlib drawing to files, and a figure saved atomically (tune.py's plots too).
 - format_duration: seconds as the log shows them (1h02m, 3m05s, 42s).
 """
 
@@ -85,11 +86,24 @@ def read_metrics(path, before=None):
     return [r for r in records if before is None or r["iter"] < before]
 
 
+def pyplot():
+    """matplotlib's pyplot, drawing to files: no display needed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path):
+    """Write fig to path as a PNG, whole or not at all, and close it."""
+    with replaced_atomically(path, what="plot") as [tmp]:
+        fig.savefig(tmp, format="png", dpi=100)
+    pyplot().close(fig)
+
+
 def plot_losses(records, path, title):
     """Draw path (a PNG): the loss of each logged batch, the evaluated train and val loss, the best val loss."""
-    import matplotlib
-    matplotlib.use("Agg")  # draw to files, no display needed
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     steps = [r for r in records if r["kind"] == "iter"]
     evals = [r for r in records if r["kind"] == "eval"]
     if not evals:
@@ -123,9 +137,7 @@ def plot_losses(records, path, title):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with replaced_atomically(path, what="plot") as [tmp]:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def format_duration(seconds):

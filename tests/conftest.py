@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import prepare
+from smallgpt.configurator import configure, ranges_in, script_settings
 from smallgpt.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,11 @@ def user_error(call, *fragments):
     for fragment in fragments:
         assert fragment in str(error.value), str(error.value)
     return str(error.value)
+
+
+def configure_as(script, argv):
+    """What configure makes of argv for one of the scripts: its settings and their ranges, read from its source."""
+    return configure(script_settings(ROOT / script), argv, ranges_in(ROOT / script))
 
 
 def run_ok(script, *args, cwd):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_clean_error, inside, needs_gpt2_bpe, prepare_in, run_script, sample_text, user_error
+from conftest import TINY, assert_clean_error, configure_as, inside, needs_gpt2_bpe, prepare_in, run_script, sample_text, user_error
 from model import GPT, GPTConfig
 from smallgpt.configurator import configure
 from smallgpt.files import make_dir, read_text
@@ -20,23 +20,24 @@ def files_in(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("default, flag, message", [
-    (1e-3, "--learning_rate=-1e-3", "learning_rate must be 0 or more, got -0.001"),
-    (0.0, "--dropout=1.5", "dropout must be in [0, 1), got 1.5"),
-    (2000, "--max_iters=-5", "max_iters must be 0 or more, got -5"),
-    (0.99, "--beta2=1.0", "beta2 must be in [0, 1), got 1.0"),
-    (1337, "--seed=-1", "seed must be in [0, 4294967295], got -1"),
-    ("auto", "--backend=carrier-pigeon", "unknown backend 'carrier-pigeon': use auto, nccl, gloo"),
-    (10, "--num_samples=0", "num_samples must be at least 1, got 0"),
-    (200, "--top_k=-1", "top_k must be 0 or more, got -1"),
-    (0.1, "--val_fraction=0", "val_fraction must be in (0, 1), got 0.0"),
-    ("char", "--tokenizer=wordpiece", "unknown tokenizer 'wordpiece': use char, gpt2, bpe"),
-    (9, "--rounds=0", "rounds must be at least 1, got 0"),
-    ("all", "--part=everything", "unknown part 'everything'"),
+@pytest.mark.parametrize("script, flag, message", [
+    ("train.py", "--learning_rate=-1e-3", "learning_rate must be 0 or more, got -0.001"),
+    ("train.py", "--dropout=1.5", "dropout must be in [0, 1), got 1.5"),
+    ("train.py", "--max_iters=-5", "max_iters must be 0 or more, got -5"),
+    ("train.py", "--beta2=1.0", "beta2 must be in [0, 1), got 1.0"),
+    ("train.py", "--seed=-1", "seed must be in [0, 4294967295], got -1"),
+    ("train.py", "--backend=carrier-pigeon", "unknown backend 'carrier-pigeon': use auto, nccl, gloo"),
+    ("sample.py", "--num_samples=0", "num_samples must be at least 1, got 0"),
+    ("sample.py", "--top_k=-1", "top_k must be 0 or more, got -1"),
+    ("prepare.py", "--val_fraction=0", "val_fraction must be in (0, 1), got 0.0"),
+    ("prepare.py", "--tokenizer=wordpiece", "unknown tokenizer 'wordpiece': use char, gpt2, bpe"),
+    ("bench.py", "--rounds=0", "rounds must be at least 1, got 0"),
+    ("bench.py", "--part=everything", "unknown part 'everything'"),
+    ("tune.py", "--trials=0", "trials must be at least 1, got 0"),
+    ("eval.py", "--batch_tokens=0", "batch_tokens must be at least 1, got 0"),
 ])
-def test_settings_outside_their_range_are_refused(default, flag, message):
-    key = flag[2:].partition("=")[0]
-    user_error(lambda: configure({key: default}, [flag]), message)
+def test_settings_outside_their_range_are_refused(script, flag, message):
+    user_error(lambda: configure_as(script, [flag]), message)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 import pytest
 
-from smallgpt.configurator import RANGES, configure, defaults_of
+from conftest import ROOT, configure_as
+from smallgpt.configurator import configure, defaults_of, ranges_in, script_settings
 from smallgpt.errors import UserError
 
 DEFAULTS = dict(batch_size=12, learning_rate=1e-3, compile=False, device="auto", dataset="shakespeare_char",
@@ -76,9 +77,13 @@ def test_config_file_errors_are_one_line(tmp_path):
     assert "ZeroDivisionError" in error_of([str(broken)])
 
 
+SCRIPTS = ("train.py", "sample.py", "prepare.py", "eval.py", "tune.py", "bench.py", "export.py")
+
+
 def test_values_outside_their_range_are_refused_with_the_range():
     defaults = dict(batch_size=12, dropout=0.0, top_p=1.0, temperature=0.8, max_new_tokens=500, attn_scale=1.0)
-    error = lambda *argv: str(pytest.raises(UserError, configure, defaults, list(argv)).value)
+    ranges = {**ranges_in(ROOT / "train.py"), **ranges_in(ROOT / "sample.py")}
+    error = lambda *argv: str(pytest.raises(UserError, configure, defaults, list(argv), ranges).value)
     assert error("--batch_size=0") == "batch_size must be at least 1, got 0"
     assert error("--dropout=1.5") == "dropout must be in [0, 1), got 1.5"
     assert error("--dropout=-0.1") == "dropout must be in [0, 1), got -0.1"
@@ -86,23 +91,44 @@ def test_values_outside_their_range_are_refused_with_the_range():
     assert error("--max_new_tokens=-5") == "max_new_tokens must be 0 or more, got -5"
     assert error("--attn_scale=1e999") == "attn_scale must be above 0, got inf"
     assert error("--temperature=0").endswith("; for nearly greedy sampling use e.g. 0.01 or --top_k=1")
-    assert configure(defaults, ["--dropout=0", "--top_p=1", "--batch_size=1"])["top_p"] == 1.0  # the ends it includes
+    assert configure(defaults, ["--dropout=0", "--top_p=1", "--batch_size=1"], ranges)["top_p"] == 1.0  # its ends
+
+
+def test_a_range_stands_beside_its_setting_and_allows_none_and_whole_numbers(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text('limit = None  # None or int [1, inf): the first examples only\n'
+                      'compile = None  # one of None, True, False\n'
+                      'steps = 10  # [0, inf)\n'
+                      'name = "a"  # a name: not a range\n')
+    assert ranges_in(script) == {"limit": "None or int [1, inf)", "compile": "one of None, True, False",
+                                 "steps": "[0, inf)"}
+    settings = {**script_settings(script), "__file__": str(script)}  # as the script's globals() would have it
+    assert configure(settings, ["--limit=3", "--compile=True"]) == dict(limit=3, compile=True, steps=10, name="a")
+    assert configure(settings, [])["limit"] is None
+    error = lambda *argv: str(pytest.raises(UserError, configure, settings, list(argv)).value)
+    assert error("--limit=2.5") == "limit must be a whole number at least 1, got 2.5"
+    assert error("--limit=0") == "limit must be a whole number at least 1, got 0"
+    assert error("--compile=maybe") == "compile must be True or False, got 'maybe'"
+    assert error("--compile=1") == "compile must be True or False, got 1"
+    assert error("--steps=-1") == "steps must be 0 or more, got -1"
 
 
 def test_every_range_is_well_formed():
-    for key, spec in RANGES.items():
-        if isinstance(spec, tuple):
-            assert len(set(spec)) == len(spec) > 1, key
-            continue
-        interval = spec.partition("; ")[0]
-        low, high = (float(end) for end in interval[1:-1].split(", "))
-        assert interval[0] in "[(" and interval[-1] in "])" and low < high, key
+    for script in SCRIPTS:
+        for key, spec in ranges_in(ROOT / script).items():
+            if spec.startswith("one of "):
+                choices = spec[len("one of "):].split(", ")
+                assert len(set(choices)) == len(choices) > 1, key
+                continue
+            interval = spec.partition("; ")[0].removeprefix("None or ").removeprefix("int ")
+            low, high = (float(end) for end in interval[1:-1].split(", "))
+            assert interval[0] in "[(" and interval[-1] in "])" and low < high, key
 
 
 def test_choices_are_checked_and_match_what_the_code_offers():
     from model import ACTIVATIONS
-    assert RANGES["activation"] == tuple(ACTIVATIONS)
-    error = str(pytest.raises(UserError, configure, dict(dtype="auto"), ["--dtype=fp8"]).value)
+    assert ranges_in(ROOT / "train.py")["activation"] == "one of " + ", ".join(ACTIVATIONS)
+    error = str(pytest.raises(UserError, configure_as, "train.py", ["--dtype=fp8"]).value)
     assert error == "unknown dtype 'fp8': use auto, float32, bfloat16, float16"
 
 

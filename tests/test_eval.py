@@ -19,7 +19,7 @@ from conftest import ROOT, TINY, assert_clean_error, needs_gpt2_bpe, run_ok, run
 from model import GPT, GPTConfig
 from smallgpt import hellaswag
 from smallgpt.devices import mixed_precision
-from smallgpt.hellaswag import fetch_hellaswag, git_blob_id, hellaswag_accuracy, hellaswag_set, read_examples
+from smallgpt.hellaswag import fetch_hellaswag, git_blob_id, hellaswag_accuracy, hellaswag_share, read_examples
 from smallgpt.likelihood import continuation_losses, lenient_encoder, window
 from smallgpt.tokenizer import GPT2_SPEC, char_spec
 
@@ -49,7 +49,7 @@ def test_a_window_keeps_the_end_of_a_long_context_and_scores_only_the_continuati
 def test_batched_losses_equal_each_pair_scored_alone(options):
     spec = alphabet_spec()
     model = tiny_gpt(spec["vocab_size"], block_size=48, **options).eval()
-    examples, _ = hellaswag_set(read_examples(ROWS), spec)
+    examples, _ = hellaswag_share(read_examples(ROWS), spec)
     pairs = [pair for ending_pairs, _ in examples for pair in ending_pairs]
     batched = continuation_losses(model, pairs, NO_AUTOCAST, batch_tokens=300)  # several padded batches
     for (context, continuation), (loss, n_tokens, greedy) in zip(pairs, batched):
@@ -77,7 +77,7 @@ def test_losses_and_accuracy_match_transformers_gpt2_with_the_same_weights(tmp_p
             p.copy_(torch.randn_like(p) * 0.2)
     hf.eval().save_pretrained(tmp_path)
     ours = GPT.from_pretrained(str(tmp_path)).eval()
-    examples, n = hellaswag_set(read_examples(ROWS), GPT2_SPEC)
+    examples, n = hellaswag_share(read_examples(ROWS), GPT2_SPEC)
     pairs = [pair for ending_pairs, _ in examples for pair in ending_pairs]
     losses = continuation_losses(ours, pairs, NO_AUTOCAST)
     right = right_norm = 0
@@ -193,7 +193,7 @@ def test_the_harness_picks_the_same_endings_as_our_hellaswag(task_folder, monkey
     from smallgpt.harness import HarnessModel, run_tasks, task_manager
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     model = tiny_gpt(50304)
-    examples, n = hellaswag_set(read_examples(ROWS), GPT2_SPEC)
+    examples, n = hellaswag_share(read_examples(ROWS), GPT2_SPEC)
     losses = continuation_losses(model, [pair for ending_pairs, _ in examples for pair in ending_pairs], NO_AUTOCAST)
     ours = [min(range(4), key=lambda e: losses[4 * k + e][0]) for k in range(n)]
     manager = task_manager(["rows"], str(task_folder))

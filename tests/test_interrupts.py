@@ -99,7 +99,7 @@ def test_resuming_never_unpickles_code(tmp_path):
     (tmp_path / "out").mkdir()
     torch.save({"model": RunsCode()}, tmp_path / "out" / "ckpt.pt")
     with inside(tmp_path):
-        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}, "cpu"), "not a readable checkpoint")
+        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}), "not a readable checkpoint")
     assert not (tmp_path / "pwned").exists()
 
 

@@ -5,9 +5,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import RunsCode, TINY, assert_clean_error, inside, run_ok, run_script, user_error, with_char_data
+from conftest import RunsCode, TINY, assert_clean_error, configure_as, inside, run_ok, run_script, user_error, with_char_data
 from smallgpt.checkpoint import load_checkpoint
-from smallgpt.configurator import configure
 from smallgpt.files import read_text
 
 
@@ -62,10 +61,6 @@ def test_bad_input_is_a_clean_error(trained, args, fragments):
     assert_clean_error(run_script("sample.py", "--device=cpu", *args, cwd=trained), *fragments)
 
 
-# sample.py's own settings, as configure sees them
-SETTINGS = dict(num_samples=10, max_new_tokens=500, temperature=0.8, top_p=1.0)
-
-
 @pytest.mark.parametrize("args, fragments", [
     (["--max_new_tokens=-5"], ["max_new_tokens must be 0 or more"]),
     (["--temperature=0"], ["temperature must be above 0"]),
@@ -73,7 +68,7 @@ SETTINGS = dict(num_samples=10, max_new_tokens=500, temperature=0.8, top_p=1.0)
     (["--num_sample=3"], ["unknown key 'num_sample'", "did you mean 'num_samples'"]),
 ])
 def test_bad_settings_are_refused(args, fragments):
-    user_error(lambda: configure(SETTINGS, args), *fragments)
+    user_error(lambda: configure_as("sample.py", args), *fragments)
 
 
 def test_missing_prompt_files_and_checkpoints_are_refused(tmp_path):

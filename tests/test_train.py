@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_clean_error, inside, parse_losses, run_script, user_error, with_char_data
+from conftest import ROOT, TINY, assert_clean_error, configure_as, inside, parse_losses, run_script, user_error, with_char_data
 from smallgpt.checkpoint import read_for_resuming
 from smallgpt.configurator import configure
 from smallgpt.dataset import open_dataset
@@ -158,10 +158,6 @@ def corrupt_checkpoint(folder):
     (folder / "out" / "ckpt.pt").write_bytes(b"PK\x03\x04 truncated")
 
 
-# train.py's own settings, as configure sees them
-SETTINGS = dict(batch_size=12, learning_rate=1e-3, dtype="auto", activation="gelu", attn_scale=1.0)
-
-
 @pytest.mark.parametrize("args, fragments", [
     (["--batchsize=4"], ["unknown key 'batchsize'", "did you mean 'batch_size'"]),
     (["--batch_size=big"], ["batch_size must be int"]),
@@ -173,7 +169,7 @@ SETTINGS = dict(batch_size=12, learning_rate=1e-3, dtype="auto", activation="gel
 ])
 def test_bad_settings_are_refused(tmp_path, args, fragments):
     with inside(tmp_path):
-        user_error(lambda: configure(SETTINGS, args), *fragments)
+        user_error(lambda: configure_as("train.py", args), *fragments)
 
 
 def test_bad_data_devices_and_checkpoints_are_refused(char_data):
@@ -182,7 +178,7 @@ def test_bad_data_devices_and_checkpoints_are_refused(char_data):
                    "dataset 'novel' is not prepared", "python prepare.py --input=YOUR_TEXT --dataset=novel")
         user_error(lambda: open_dataset("shakespeare_char", block_size=5000),
                    "block_size=5000 is too long", "val.bin", "4000 tokens")
-        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}, "cpu"),
+        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}),
                    "cannot resume: no checkpoint at out/ckpt.pt")
     user_error(lambda: resolve_device("cuda"), "device 'cuda' is not available")
     user_error(lambda: resolve_device("tpu"), "unknown device 'tpu'")
@@ -209,7 +205,7 @@ def test_unprepared_default_dataset_names_the_prepare_command(tmp_path):
 def test_corrupted_checkpoint_is_a_clean_error_and_stays(tmp_path):
     corrupt_checkpoint(tmp_path)
     with inside(tmp_path):
-        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}, "cpu"), "cannot resume: ",
+        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}), "cannot resume: ",
                    "not a readable checkpoint", "truncated or corrupted")
     assert (tmp_path / "out" / "ckpt.pt").read_bytes() == b"PK\x03\x04 truncated"
 
@@ -223,8 +219,8 @@ def test_resuming_with_another_model_is_refused(trained, change, fragment):
     checkpoint = torch.load(trained / "out" / "ckpt.pt", weights_only=True)
     model_args = {**checkpoint["model_args"], key: configure(checkpoint["model_args"], [change])[key]}
     with inside(trained):
-        user_error(lambda: read_for_resuming("out/ckpt.pt", model_args, checkpoint["config"], checkpoint["tokenizer"],
-                                             "cpu"), "cannot resume: the checkpoint's model differs", fragment)
+        user_error(lambda: read_for_resuming("out/ckpt.pt", model_args, checkpoint["config"], checkpoint["tokenizer"]),
+                   "cannot resume: the checkpoint's model differs", fragment)
 
 
 @pytest.mark.slow
@@ -256,4 +252,4 @@ def test_resuming_from_a_foreign_checkpoint_is_refused(tmp_path):
     (tmp_path / "out").mkdir()
     torch.save({"model": {}, "iter_num": 3}, tmp_path / "out" / "ckpt.pt")
     with inside(tmp_path):
-        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}, "cpu"), "not written by this train.py")
+        user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}), "not written by this train.py")

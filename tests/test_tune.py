@@ -23,17 +23,19 @@ import torch
 
 from conftest import (ROOT, TINY, assert_clean_error, needs_gpt2_bpe, prepare_in, run_ok, run_script, sample_text,
                       user_error, with_char_data)
-from smallgpt.configurator import configure
-from smallgpt.metrics import read_metrics
 from smallgpt.budget import TimeBudget
-from smallgpt.errors import UserError
-from smallgpt.tuning import (best_config, check_trial_settings, claim_study_dir, deferred_ctrl_c,
-                             drop_checkpoints_but_the_best, fail_stale_trials, make_trial_dir, new_records, open_study,
-                             run_trial, script_defaults, search_space, starting_point, suggest, this_worker)
+from smallgpt.configurator import configure, ranges_in, script_settings
+from smallgpt.metrics import read_metrics
+from smallgpt.tune_results import best_config
+from smallgpt.tune_space import check_trial_settings, search_space, starting_point, suggest
+from smallgpt.tune_study import (claim_study_dir, deferred_ctrl_c, drop_checkpoints_but_the_best, fail_stale_trials,
+                                 make_trial_dir, open_study, this_worker)
+from smallgpt.tune_trials import new_records, progress_reports, run_trial
 
 optuna = pytest.importorskip("optuna")
 
-TRAIN_DEFAULTS = script_defaults(ROOT / "train.py")
+TRAIN_DEFAULTS, TRAIN_RANGES = script_settings(ROOT / "train.py"), ranges_in(ROOT / "train.py")
+space_of = lambda search: search_space(search, TRAIN_DEFAULTS, TRAIN_RANGES)  # as tune.py reads a search
 # a tune config for a few trials of a few steps
 TINY_SEARCH = """
 n_layer = 1
@@ -87,25 +89,25 @@ def test_train_settings_are_read_from_its_source_without_running_it():
 def test_a_search_space_of_ranges_log_ranges_and_choices():
     space = search_space({"learning_rate": (1e-4, 1e-2, "log"), "n_layer": [2, 3], "dropout": (0.0, 0.3),
                           "batch_size": (8, 32), "warmup_iters": (1, 100, "log"), "rotary": [True, False]},
-                         TRAIN_DEFAULTS)
+                         TRAIN_DEFAULTS, TRAIN_RANGES)
     assert space == {"learning_rate": ("float", 1e-4, 1e-2, True), "n_layer": ("choice", [2, 3]),
                      "dropout": ("float", 0.0, 0.3, False), "batch_size": ("int", 8, 32, False),
                      "warmup_iters": ("int", 1, 100, True), "rotary": ("choice", [True, False])}
-    assert search_space({"learning_rate": (0, 1)}, TRAIN_DEFAULTS)["learning_rate"] == ("float", 0, 1, False)
+    assert space_of({"learning_rate": (0, 1)})["learning_rate"] == ("float", 0, 1, False)
 
 
 def test_a_new_study_starts_from_the_configs_own_values_that_lie_in_the_space():
     space = search_space({"learning_rate": (1e-4, 1e-2, "log"), "n_layer": [2, 3], "dropout": (0.1, 0.3)},
-                         TRAIN_DEFAULTS)
+                         TRAIN_DEFAULTS, TRAIN_RANGES)
     config = {**TRAIN_DEFAULTS, "learning_rate": 3e-3, "n_layer": 4}
     assert starting_point(config, space) == {"learning_rate": 3e-3}  # n_layer 4, dropout 0.0: left to the sampler
 
 
 def test_the_shipped_search_sets_out_from_the_cpu_recipe_and_trains_what_it_trains():
-    tune_config = configure({**TRAIN_DEFAULTS, **script_defaults(ROOT / "tune.py")},
+    tune_config = configure({**TRAIN_DEFAULTS, **script_settings(ROOT / "tune.py")},
                             [str(ROOT / "config" / "tune_shakespeare_char_cpu.py")])
     recipe = configure(TRAIN_DEFAULTS, [str(ROOT / "config" / "shakespeare_char_cpu.py")])
-    space = search_space(tune_config["search"], TRAIN_DEFAULTS)
+    space = space_of(tune_config["search"])
     assert starting_point(tune_config, space) == {key: recipe[key] for key in space}
     # and every other setting the recipe changes, but its steps, which trials replace by a time (max_seconds), and
     # how often it evaluates
@@ -130,7 +132,7 @@ def test_the_shipped_search_sets_out_from_the_cpu_recipe_and_trains_what_it_trai
     (None, ["search must map train.py settings to ranges"]),
 ])
 def test_a_bad_search_space_is_refused_in_one_line(search, fragments):
-    user_error(lambda: search_space(search, TRAIN_DEFAULTS), *fragments)
+    user_error(lambda: space_of(search), *fragments)
 
 
 @pytest.mark.parametrize("settings, search, fragments", [
@@ -140,9 +142,9 @@ def test_a_bad_search_space_is_refused_in_one_line(search, fragments):
 ])
 def test_settings_a_trial_cannot_train_with_are_refused(settings, search, fragments):
     config = {**TRAIN_DEFAULTS, **settings}
-    space = search_space({"learning_rate": (1e-4, 1e-2), **search}, TRAIN_DEFAULTS)
+    space = space_of({"learning_rate": (1e-4, 1e-2), **search})
     user_error(lambda: check_trial_settings(config, space), *fragments)
-    finetuning = search_space({"learning_rate": (1e-4, 1e-2), "init_from": ["gpt2", "gpt2-medium"]}, TRAIN_DEFAULTS)
+    finetuning = space_of({"learning_rate": (1e-4, 1e-2), "init_from": ["gpt2", "gpt2-medium"]})
     check_trial_settings({**TRAIN_DEFAULTS, "init_from": "gpt2"}, finetuning)  # a finetuning search is fine
 
 
@@ -154,7 +156,7 @@ def new_study(folder, name="s", seed=0, prune_after=5):
 
 
 def test_workers_that_open_a_study_at_once_draw_different_settings(tmp_path):
-    space = search_space({"learning_rate": (1e-4, 1e-2, "log"), "n_layer": [1, 2, 3, 4, 5, 6]}, TRAIN_DEFAULTS)
+    space = space_of({"learning_rate": (1e-4, 1e-2, "log"), "n_layer": [1, 2, 3, 4, 5, 6]})
     workers = [new_study(tmp_path), new_study(tmp_path)]  # both opened before either asked: the same seed each
     draws = []
     for _ in range(3):
@@ -674,7 +676,6 @@ def test_a_max_seconds_run_stopped_and_resumed_keeps_its_schedule_and_its_time(f
 
 
 def test_trials_are_compared_at_equal_shares_of_their_time_or_steps():
-    from smallgpt.tuning import progress_reports
 
     def steps(record, last_step, max_seconds):
         reports, _ = progress_reports({**record, "val_bpb": 2.5}, None, last_step, max_seconds, 1000)
@@ -688,7 +689,6 @@ def test_trials_are_compared_at_equal_shares_of_their_time_or_steps():
 
 
 def test_values_between_evaluations_are_read_off_the_line_between_them():
-    from smallgpt.tuning import progress_reports
     first, before = progress_reports({"iter": 100, "elapsed": 30.0, "val_bpb": 2.9}, None, -1, 100, 1000)
     assert [value for _, value in first] == [math.inf] * 6 and before == (0.3, 2.9)  # nothing known before it
     # evaluations at 30% (2.9) and 52% (2.5): at 45%, 2.9 - 0.4 * 15 / 22
