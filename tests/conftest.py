@@ -9,8 +9,11 @@ import http.server
 import io
 import os
 import resource
+import runpy
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
@@ -26,6 +29,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 TIKTOKEN_CACHE = SHARED_DATA / "tiktoken_cache"
 
+# tests run the scripts in forks of their process (run_script): Hugging Face's tokenizers, once it has used threads,
+# warns in every fork that it turns them off
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if TIKTOKEN_CACHE.is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 # Under pytest -n, one test runs per core: a thread each (for this process and the scripts it starts) keeps them
@@ -44,13 +50,60 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
 
 def run_script(script, *args, cwd, env=None, max_file_size=None):
     """
-    Run one of the project's scripts in cwd, as `python script.py args...`; return the CompletedProcess.
-    max_file_size: the most bytes the process may write to a file, as on a disk that fills up.
+    Run one of the project's scripts in cwd as `python script.py args...` runs it; return the CompletedProcess.
+    The script runs in a fork of this process, which has imported torch and the library already (a new Python
+    spends seconds on that), as tune.py runs its trials; with env, whose variables libraries read as they are
+    imported, in a new Python. max_file_size: the most bytes the process may write to a file, as on a disk that
+    fills up.
     """
+    argv = [str(ROOT / script), *map(str, args)]
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600,
-                          preexec_fn=limit if max_file_size else None)
+    if env:
+        return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=600, preexec_fn=limit if max_file_size else None)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child never returns into pytest
+            code = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                os.chdir(cwd)
+                signal.alarm(600)  # a script that hangs is killed, as subprocess.run's timeout would
+                if max_file_size:
+                    limit()
+                code = run_as_main(argv)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), out.read(), err.read())
+
+
+def run_as_main(argv):
+    """In run_script's fork: run the script as Python runs a file; its exit status."""
+    import torch
+    torch.set_num_threads(1)  # a fork may not use the thread pool of a process that used it before
+    sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
+    sys.argv = argv
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+        return 0
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        sys.excepthook(*sys.exc_info())  # the script's own: configure's prints a UserError as one line
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 @contextmanager
@@ -84,6 +137,29 @@ def user_error(call, *fragments):
 def configure_as(script, argv):
     """What configure makes of argv for one of the scripts: its settings and their ranges, read from its source."""
     return configure(script_settings(ROOT / script), argv, ranges_in(ROOT / script))
+
+
+def script_error(script, *args, cwd):
+    """
+    The message of the UserError that one of the scripts stops with when run in this process, in cwd, as `python
+    script.py args...`: for the checks that need no more than the error itself (tests of each script check once, by
+    running it, that such an error reaches the user as one line). The signal handlers, the excepthook and torch's
+    random state and matmul precision are put back after.
+    """
+    import torch
+    saved = (sys.argv, sys.excepthook, torch.get_rng_state(), torch.get_float32_matmul_precision(),
+             signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    sys.argv = [str(ROOT / script), *map(str, args)]
+    try:
+        with inside(cwd), pytest.raises(UserError) as error:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        sys.argv, sys.excepthook = saved[:2]
+        torch.set_rng_state(saved[2])
+        torch.set_float32_matmul_precision(saved[3])
+        signal.signal(signal.SIGINT, saved[4])
+        signal.signal(signal.SIGTERM, saved[5])
+    return str(error.value)
 
 
 def run_ok(script, *args, cwd):
@@ -124,6 +200,21 @@ def with_char_data(folder):
     (folder / "text.txt").write_text(sample_text(), encoding="utf-8")
     prepare_in(folder, "--input=text.txt", "--dataset=shakespeare_char")
     return folder
+
+
+# the finished run that tests read: 30 steps of TINY, logged every 5, evaluated every 10
+FINISHED_RUN = [*TINY, "--log_interval=5", "--eval_interval=10", "--lr_decay_iters=30", "--max_iters=30"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """
+    (folder, stdout) of a tiny character model's finished run: folder holds data/shakespeare_char and out/ (ckpt.pt,
+    metrics.jsonl, loss.png) of train.py with FINISHED_RUN. Shared by the tests that read it; a test that writes
+    works on a copy.
+    """
+    folder = with_char_data(tmp_path_factory.mktemp("finished"))
+    return folder, run_ok("train.py", *FINISHED_RUN, cwd=folder)
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_clean_error, configure_as, inside, needs_gpt2_bpe, prepare_in, run_script, sample_text, user_error
+from conftest import (TINY, assert_clean_error, configure_as, inside, needs_gpt2_bpe, prepare_in, run_script,
+                      sample_text, user_error)
 from model import GPT, GPTConfig
 from smallgpt.configurator import configure
 from smallgpt.files import make_dir, read_text
@@ -21,6 +22,17 @@ def files_in(folder):
 
 
 @pytest.mark.parametrize("script, flag, message", [
+    ("train.py", "--batchsize=4", "unknown key 'batchsize' in flag --batchsize; did you mean 'batch_size'?"),
+    ("train.py", "--batch_size=big", "batch_size must be int"),
+    ("train.py", "--learning_rate=fast", "learning_rate must be float"),
+    ("train.py", "missing_config.py", "config file 'missing_config.py' not found"),
+    ("train.py", "--dtype=fp8", "unknown dtype 'fp8'"),
+    ("train.py", "--activation=swish", "unknown activation 'swish': use gelu_tanh, gelu"),
+    ("train.py", "--attn_scale=0", "attn_scale must be above 0, got 0"),
+    ("sample.py", "--max_new_tokens=-5", "max_new_tokens must be 0 or more"),
+    ("sample.py", "--temperature=0", "temperature must be above 0"),
+    ("sample.py", "--top_p=0", "top_p must be in (0, 1]"),
+    ("sample.py", "--num_sample=3", "unknown key 'num_sample' in flag --num_sample; did you mean 'num_samples'?"),
     ("train.py", "--learning_rate=-1e-3", "learning_rate must be 0 or more, got -0.001"),
     ("train.py", "--dropout=1.5", "dropout must be in [0, 1), got 1.5"),
     ("train.py", "--max_iters=-5", "max_iters must be 0 or more, got -5"),
@@ -36,8 +48,9 @@ def files_in(folder):
     ("tune.py", "--trials=0", "trials must be at least 1, got 0"),
     ("eval.py", "--batch_tokens=0", "batch_tokens must be at least 1, got 0"),
 ])
-def test_settings_outside_their_range_are_refused(script, flag, message):
-    user_error(lambda: configure_as(script, [flag]), message)
+def test_bad_settings_are_refused_with_what_to_fix(tmp_path, script, flag, message):
+    with inside(tmp_path):
+        user_error(lambda: configure_as(script, [flag]), message)
 
 
 @pytest.mark.slow
@@ -47,6 +60,8 @@ def test_settings_outside_their_range_are_refused(script, flag, message):
     ("prepare.py", ["--val_fraction=0"], "val_fraction must be in (0, 1), got 0.0"),
     ("bench.py", ["--part=everything"], "unknown part 'everything'"),
     ("export.py", ["--export_dri=hf"], "unknown key 'export_dri' in flag --export_dri; did you mean 'export_dir'?"),
+    ("eval.py", ["--limit=0"], "limit must be a whole number of examples, 1 or more (leave it out for all), got 0"),
+    ("tune.py", ["--trials=0"], "trials must be at least 1, got 0"),
 ])
 def test_each_script_refuses_bad_settings_in_one_line_before_anything_runs(tmp_path, script, args, message):
     result = run_script(script, *args, cwd=tmp_path)

@@ -1,5 +1,6 @@
 """bench.py runs its parts and prints their figures (the figures themselves are for people, not for asserts)."""
 
+import re
 import shutil
 
 import pytest
@@ -14,10 +15,17 @@ def bench(cwd, *args):
 @pytest.mark.slow
 def test_train_part_compares_the_step_with_nanogpts_and_the_matrix_products(char_data):
     out = bench(char_data, "--part=train", "--rounds=2", "--steps_per_round=2")
+    figures = {}
     for name in ("this repository", "nanoGPT's optimizer", "matrix products alone"):
         line = next(line for line in out.splitlines() if line.startswith(name))
-        assert "ms/iter" in line and "tokens/s" in line and "MFU" in line and "GFLOP/s" in line
-    assert "speedup over nanoGPT's step:" in out
+        found = re.search(r"([\d.]+) ms/iter +([\d,]+) tokens/s +MFU +([\d.]+)%  \(peak ([\d,]+) GFLOP/s", line)
+        ms, tokens_per_sec, mfu, peak = (float(group.replace(",", "")) for group in found.groups())
+        assert ms > 0 and mfu > 0 and peak > 0, line
+        assert tokens_per_sec == pytest.approx(12 * 64 / (ms / 1000), rel=0.01)  # batch 12 x block 64
+        figures[name] = ms
+    speedup = float(re.search(r"speedup over nanoGPT's step: ([\d.]+)x", out).group(1))
+    # medians of the rounds, each side's own: near the ratio of the medians printed
+    assert speedup == pytest.approx(figures["nanoGPT's optimizer"] / figures["this repository"], rel=0.05)
 
 
 @pytest.mark.slow
