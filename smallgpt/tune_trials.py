@@ -2,7 +2,8 @@
 A trial of tune.py's search: train.py run with the trial's settings, watched as it runs.
 
 - preload(script), start_trial(launcher, argv, log_path): a trial's process, forked from tune.py once it has
-  imported what train.py imports, so that a trial does not spend seconds importing torch.
+  imported what train.py imports, so that a trial does not spend seconds importing torch; run_as_main(argv): the
+  script run in such a fork.
 - run_trial(trial, launcher, argv, trial_dir, max_seconds, max_iters): train.py with the trial's settings; its
   evaluations reported to Optuna as they are logged (by the share of the trial's time or steps done), a heartbeat
   recorded, and the process stopped (SIGTERM) if Optuna prunes it.
@@ -78,6 +79,12 @@ def run_child(launcher, argv, log_path):
         os.environ["PYTHONUNBUFFERED"] = "1"
         launcher = launcher or [sys.executable]
         os.execv(launcher[0], [*launcher, *argv])
+    return run_as_main(argv)
+
+
+def run_as_main(argv):
+    """Run the script argv[0] with argv as Python runs a file, its output on file descriptors 1 and 2; its exit
+    status. For a forked process (start_trial's, and the tests'), which never returns to its parent's code."""
     sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
     sys.argv = list(argv)
     try:

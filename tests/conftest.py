@@ -19,10 +19,12 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import pytest
+import torch
 
 import prepare
 from smallgpt.configurator import configure, ranges_in, script_settings
 from smallgpt.errors import UserError
+from smallgpt.tune_trials import run_as_main
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -74,6 +76,8 @@ def run_script(script, *args, cwd, env=None, max_file_size=None):
                 signal.alarm(600)  # a script that hangs is killed, as subprocess.run's timeout would
                 if max_file_size:
                     limit()
+                torch.set_num_threads(1)  # a fork may not use the thread pool of a process that used it before
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 code = run_as_main(argv)
             finally:
                 os._exit(code)
@@ -81,29 +85,6 @@ def run_script(script, *args, cwd, env=None, max_file_size=None):
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), out.read(), err.read())
-
-
-def run_as_main(argv):
-    """In run_script's fork: run the script as Python runs a file; its exit status."""
-    import torch
-    torch.set_num_threads(1)  # a fork may not use the thread pool of a process that used it before
-    sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
-    sys.argv = argv
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        runpy.run_path(argv[0], run_name="__main__")
-        return 0
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            return e.code or 0
-        print(e.code, file=sys.stderr)
-        return 1
-    except BaseException:
-        sys.excepthook(*sys.exc_info())  # the script's own: configure's prints a UserError as one line
-        return 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
 
 
 @contextmanager
@@ -146,7 +127,6 @@ def script_error(script, *args, cwd):
     running it, that such an error reaches the user as one line). The signal handlers, the excepthook and torch's
     random state and matmul precision are put back after.
     """
-    import torch
     saved = (sys.argv, sys.excepthook, torch.get_rng_state(), torch.get_float32_matmul_precision(),
              signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     sys.argv = [str(ROOT / script), *map(str, args)]
