@@ -1,17 +1,19 @@
 """
 Measure this repository beside the repositories people use today, on this machine, each figure beside a baseline
 measured in the same run, so that a machine whose speed drifts (a shared cloud CPU) is compared with itself: speed
-(smallgpt/bench_speed.py, smallgpt/bench_prepare.py) and quality, val bits per byte for the time taken
-(smallgpt/bench_quality.py). Each part's docstring there says what it measures.
+and memory (smallgpt/bench_speed.py, bench_prepare.py, bench_memory.py) and quality, val bits per byte for the
+time taken (smallgpt/bench_quality.py). Each part's docstring there says what it measures.
 
     python prepare.py && python bench.py      # train, recipe, sample and prepare: about 20 minutes on 2 cores
-    python bench.py --part=train              # one part: train, sample, eval, prepare (speed); recipe, tokenizers,
-                                              # ablation, tune (quality)
+    python bench.py --part=train              # one part: train, sample, eval, prepare, memory (speed); recipe,
+                                              # tokenizers, ablation, tune, finetune (quality)
     python bench.py --part=recipe --recipe_repeats=3
     python bench.py --part=tune --recipe_repeats=3  # a search of an hour, then its best settings against the recipe
     python bench.py --part=recipe --device=cuda   # the GPU recipe against nanoGPT's GPU command
     python bench.py --part=train --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
         --vocab_size=50304 --compile=True      # GPT-2 124M steps on a GPU
+    python bench.py --part=memory --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --vocab_size=50304 \
+        --batch_size=4                         # GPT-2 124M's peak memory with and without the memory features
 
 The data: data/shakespeare_char as `python prepare.py` makes it; GPT-2's BPE files for the prepare part.
 """
@@ -24,9 +26,10 @@ from types import SimpleNamespace
 
 import torch
 
+from smallgpt.bench_memory import bench_memory
 from smallgpt.bench_prepare import bench_prepare
-from smallgpt.bench_quality import (RECIPE_NAME, bench_ablation, bench_recipe, bench_tokenizers, bench_tune, out_dir_of,
-                                    working_folder)
+from smallgpt.bench_quality import (RECIPE_NAME, bench_ablation, bench_finetune, bench_recipe, bench_tokenizers,
+                                    bench_tune, out_dir_of, working_folder)
 from smallgpt.bench_speed import bench_eval, bench_sample, bench_train
 from smallgpt.configurator import configure
 from smallgpt.devices import start_run
@@ -34,7 +37,7 @@ from smallgpt.errors import UserError
 
 # -----------------------------------------------------------------------------
 # 'all': train, recipe, sample and prepare
-part = "all"  # one of all, train, recipe, sample, prepare, tokenizers, ablation, eval, tune
+part = "all"  # one of all, train, recipe, sample, prepare, tokenizers, ablation, eval, tune, memory, finetune
 # the train part's model and batch: nanoGPT's CPU command
 n_layer = 4  # [1, inf)
 n_head = 4  # [1, inf)
@@ -48,6 +51,8 @@ char_megabytes = 200  # [1, inf): text sizes for the prepare part
 gpt2_megabytes = 50  # [1, inf)
 steps_per_round = 20  # [1, inf)
 eval_examples = 500  # [1, inf): HellaSwag-shaped examples for the eval part
+finetune_iters = 200  # [1, inf): the finetune part's steps of finetuning (and half as many again for the base)
+finetune_megabytes = 2  # [1, inf): of the Python standard library's source code, for the finetune part
 device = "auto"
 dtype = "auto"  # one of auto, float32, bfloat16, float16
 compile = False
@@ -95,3 +100,7 @@ with tempfile.TemporaryDirectory() as tmp:
         bench_eval(opts, "out")
     if part == "tune":
         bench_tune(opts, work_dir)
+    if part == "memory":
+        bench_memory(opts)
+    if part == "finetune":
+        bench_finetune(opts, tmp)

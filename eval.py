@@ -28,7 +28,7 @@ from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_share, load_example
 BUILT_IN = ("hellaswag",)
 
 # -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume' (the checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
+init_from = "resume"  # 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', a Hugging Face GPT-2 folder, a ckpt.pt
 out_dir = "out"  # where train.py wrote ckpt.pt
 tasks = "hellaswag"  # comma-separated: hellaswag, or the names of lm-evaluation-harness tasks
 # the first `limit` examples of each task only; None: all

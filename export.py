@@ -8,9 +8,10 @@ and tokenizer_config.json.
 
 transformers reads the folder: GPT2LMHeadModel.from_pretrained("out/hf"), and AutoTokenizer.from_pretrained
 ("out/hf") for a model's own BPE or ("gpt2") for GPT-2's; so do train.py and sample.py (--init_from=out/hf) for
-GPT-2's. Character-level models are not exported. A model trained without biases gets zero biases, and a padded
-vocabulary stays padded: the exported model computes exactly what the checkpoint does, and generation_config.json
-keeps transformers' generate from drawing the padding ids. Needs safetensors.
+GPT-2's. Character-level models are not exported; a LoRA checkpoint's adapters are merged into its base's weights.
+A model trained without biases gets zero biases, and a padded vocabulary stays padded: the exported model computes
+exactly what the checkpoint does, and generation_config.json keeps transformers' generate from drawing the padding
+ids. Needs safetensors.
 """
 
 import json

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from smallgpt.chunked_loss import chunked_cross_entropy
 from smallgpt.hf_format import load_pretrained
 from smallgpt.muon import Muon
 
@@ -173,6 +174,8 @@ class GPT(nn.Module):
             self.register_buffer("rotary_cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (block_size, 1, hs)
             self.register_buffer("rotary_sin", torch.cat((-sin, sin), dim=-1), persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.activation_checkpointing = False  # recompute each block in the backward pass, not keep its activations
+        self.chunked_loss = False  # the head and the loss over chunks of tokens: the whole logits never exist
         # Weight tying: the head that reads out tokens is the embedding that reads them in.
         # https://paperswithcode.com/method/weight-tying
         self.transformer.wte.weight = self.lm_head.weight
@@ -204,12 +207,14 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None, loss_reduction="mean"):
         """
         idx (B, T) token ids -> (logits, loss). With targets (B, T), logits for every position
-        and the mean cross-entropy (targets of -1 are ignored), or each token's (B * T,) with
-        loss_reduction="none"; without, logits for the last position only (B, 1, vocab_size),
-        which is all that sampling needs, and loss None. With a KVCache, idx continues the
-        tokens already cached.
+        (None with chunked_loss) and the mean cross-entropy (targets of -1 are ignored), or each
+        token's (B * T,) with loss_reduction="none"; without, logits for the last position only
+        (B, 1, vocab_size), which is all that sampling needs, and loss None. With a KVCache, idx
+        continues the tokens already cached.
         """
         x = self.hidden_states(idx, cache)
+        if targets is not None and self.chunked_loss:  # smallgpt/chunked_loss.py
+            return None, chunked_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), loss_reduction)
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, vocab_size)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
@@ -236,7 +241,11 @@ class GPT(nn.Module):
         if self.training:
             x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rotation, cache)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # the recomputation replays the random number generators' states: the same dropout masks
+                x = torch.utils.checkpoint.checkpoint(block, x, rotation, use_reentrant=False)
+            else:
+                x = block(x, rotation, cache)
         if cache is not None:
             cache.length += T
         return self.transformer.ln_f(x)

@@ -26,7 +26,7 @@ from smallgpt.files import read_text
 from smallgpt.tokenizer import make_codec
 
 # -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume' (the checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
+init_from = "resume"  # 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', a Hugging Face GPT-2 folder, a ckpt.pt
 out_dir = "out"  # where train.py wrote ckpt.pt
 start = "\n"  # the prompt, or FILE:path to read it from a file
 num_samples = 10  # [1, inf): how many samples to draw

@@ -50,7 +50,7 @@ always_save_checkpoint = True  # save at every eval, not only when val loss impr
 patience = 0  # [0, inf): stop once val loss has not improved in this many evaluations, ckpt.pt the best (0: off)
 eval_hellaswag = 0  # [0, inf): HellaSwag examples scored at each eval, their acc_norm logged (see eval.py)
 hellaswag_file = ""  # a HellaSwag-format .jsonl (path or URL); empty: the validation split, downloaded once
-init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a Hugging Face GPT-2 folder
+init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', a Hugging Face folder, a ckpt.pt
 # wandb logging
 wandb_log = False
 wandb_project = "owt"
@@ -85,12 +85,19 @@ decay_lr = True  # warm up, then cosine-decay to min_lr; False: constant learnin
 warmup_iters = 100  # [0, inf)
 lr_decay_iters = 2000  # [0, inf): ~= max_iters per Chinchilla
 min_lr = 1e-4  # [0, inf): ~= learning_rate / 10 per Chinchilla
+# LoRA finetuning (smallgpt/lora.py): adapters of lora_rank on lora_targets' matrices train, every other weight frozen
+lora_rank = 0  # [0, inf): 0: off
+lora_alpha = 16.0  # (0, inf): the adapters' update is scaled by lora_alpha / lora_rank
+lora_dropout = 0.0  # [0, 1)
+lora_targets = "attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj"
 # system
 backend = "auto"  # one of auto, nccl, gloo, mpi, ucc, xccl: torch.distributed's; auto: nccl on CUDA
 device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # one of auto, float32, bfloat16, float16: auto: bfloat16 on CUDA where it runs, else float16
 compile = None  # one of None, True, False: torch.compile the model; None: on for CUDA, off elsewhere
 fsdp = False  # under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2)
+activation_checkpointing = False  # recompute each block in the backward pass instead of keeping its activations
+chunked_loss = False  # the head and the loss over chunks of tokens, so the whole logits never exist (less memory)
 seed = 1337  # [0, 4294967295]
 # -----------------------------------------------------------------------------
 config = configure(globals(), sys.argv[1:])  # checked; and a UserError is one line on stderr
@@ -193,8 +200,9 @@ ckpt_path = os.path.join(out_dir, "ckpt.pt")
 pretrained = None if init_from in ("scratch", "resume") else init_from  # where the weights started, if not random
 iter_num, best_val_loss, best_iter = 0, float("inf"), 0  # best_iter: the iteration of best_val_loss
 # a new model, the checkpoint's to resume, or GPT-2's weights or a Hugging Face folder's (smallgpt/checkpoint.py)
-model, model_args, checkpoint = start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_dir,
-                                            verbose=master_process)
+model, model_args, checkpoint, lora = start_model(init_from, model_args, ckpt_path, config, tokenizer_spec,
+                                                  data_dir, verbose=master_process)
+model.activation_checkpointing, model.chunked_loss = activation_checkpointing, chunked_loss
 if checkpoint is not None:
     pretrained, iter_num = checkpoint.get("pretrained"), checkpoint["iter_num"]
     best_val_loss, best_iter = checkpoint["best_val_loss"], checkpoint["best_iter"]
@@ -212,8 +220,8 @@ if fsdp:  # each block's weights, gradients and optimizer state split over the p
 
 # fp16 needs its gradients scaled up to stay representable; a no-op for other dtypes
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16" and device_type != "mps")
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon_learning_rate,
-                                       muon_momentum)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
+                                       0.0 if lora else muon_learning_rate, muon_momentum)  # LoRA: AdamW alone
 if checkpoint is not None:
     restore_training(checkpoint, model, optimizer, scaler, rank, device, fsdp)
 checkpoint = None  # free the memory
@@ -261,7 +269,7 @@ def write_checkpoint():
     """Save ckpt.pt: every process takes part (FSDP gathers the shards), rank 0 writes."""
     save_training(ckpt_path, raw_model, optimizer, scaler, fsdp, device, master_process, model_args=model_args,
                   iter_num=iter_num, best_val_loss=best_val_loss, best_iter=best_iter, config=config,
-                  tokenizer=tokenizer_spec, pretrained=pretrained, **budget.saved())
+                  tokenizer=tokenizer_spec, pretrained=pretrained, lora=lora, **budget.saved())
     if master_process:
         print(f"saving checkpoint to {ckpt_path}")
 

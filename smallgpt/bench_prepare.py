@@ -6,7 +6,7 @@ bench.py's prepare part, and the whole processes that the quality parts run too.
   a Python dict per character, tiktoken's encode_ordinary on one core), each timed as a whole process; both must
   write the same token ids. Then a learned BPE on both files: learning, then encoding; then GPT-2's BPE on the text
   laid out as paragraphs with blank lines between them and every line indented.
-- run(args, cwd), run_prepare(args, cwd): a command's stdout and wall time; prepare.py's, with its peak memory.
+- run(args, cwd, env), run_prepare(args, cwd): a command's stdout and wall time; prepare.py's, with its peak memory.
 """
 
 import os
@@ -54,10 +54,10 @@ PREPARE_WITH_PEAK = ("import os, runpy, sys; sys.argv = sys.argv[1:]; "
                      "print('peak', next(line.split()[1] for line in open('/proc/self/status') if 'VmHWM' in line))")
 
 
-def run(args, cwd):
-    """Run a command; return (stdout, wall seconds), or raise its error."""
+def run(args, cwd, env=None):
+    """Run a command (with these environment variables more); return (stdout, wall seconds), or raise its error."""
     t0 = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if result.returncode != 0:
         raise UserError(f"{' '.join(map(str, args))} failed: {result.stderr.strip().splitlines()[-1:]}")
     return result.stdout, time.perf_counter() - t0

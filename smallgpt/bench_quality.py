@@ -12,13 +12,21 @@ in turn, at seeds seed, seed + 1, ...; the figures are medians.
 - bench_tune(opts, work_dir): a search with tune.py from config/tune_shakespeare_char_cpu.py (an hour on 2 cores),
   then its best.py trained again, in the recipe's own training time, against config/shakespeare_char_cpu.py; and
   tune.py's cost per trial beside train.py's own.
+- bench_finetune(opts, work_dir): a base model trained on Python's documentation (its reference topics, English
+  prose with examples) in GPT-2's BPE, then finetuned on text of another kind, the standard library's source files
+  of this machine's Python (as .jsonl documents), in full and with LoRA (rank 8), the same steps and data: val
+  loss, trainable parameters, checkpoint size, time.
 - working_folder(tmp): the folder the runs work in, which sees data/shakespeare_char.
 """
 
 import csv
+import json
 import os
 import sys
+import sysconfig
 from statistics import median
+
+import torch
 
 from smallgpt.bench_prepare import DATA_DIR, ROOT, run, run_prepare
 from smallgpt.errors import UserError
@@ -157,3 +165,60 @@ def training_seconds(records):
     steps = [record for record in records if record["kind"] == "iter"]
     step_seconds = (steps[-1]["elapsed"] - steps[0]["elapsed"]) / (steps[-1]["iter"] - steps[0]["iter"])
     return steps[-1]["elapsed"] + (records[-1]["iter"] - 1 - steps[-1]["iter"]) * step_seconds
+
+
+# the finetune part's base model: GPT-2's vocabulary, a small trunk, as finetuning GPT-2 itself would be but smaller
+FINETUNE_MODEL = ["--n_layer=4", "--n_head=4", "--n_embd=256", "--block_size=128", "--batch_size=8", "--bias=False",
+                  "--device=cpu", "--eval_iters=20", "--log_interval=50", "--warmup_iters=20", "--weight_decay=0.0"]
+FINETUNE_RUNS = {"full finetuning": ["--learning_rate=3e-4", "--min_lr=3e-5"],
+                 "LoRA, rank 8": ["--lora_rank=8", "--learning_rate=3e-3", "--min_lr=3e-4"]}
+
+
+def python_texts(work_dir, megabytes):
+    """
+    Two kinds of text from this machine's Python, as .jsonl documents in work_dir: docs.jsonl, its documentation's
+    topics (the reference's English prose, with examples), and python.jsonl, its standard library's source files
+    (not their tests), up to megabytes.
+    """
+    from pydoc_data.topics import topics  # the text of `help("TOPIC")`, in every Python installation
+    with open(os.path.join(work_dir, "docs.jsonl"), "w", encoding="utf-8") as out:
+        out.writelines(json.dumps({"text": text}) + "\n" for text in topics.values())
+    stdlib, size = sysconfig.get_paths()["stdlib"], 0
+    with open(os.path.join(work_dir, "python.jsonl"), "w", encoding="utf-8") as out:
+        for folder, subfolders, files in os.walk(stdlib):
+            subfolders[:] = sorted(name for name in subfolders if name not in ("test", "tests", "site-packages",
+                                                                                  "pydoc_data"))
+            for name in sorted(name for name in files if name.endswith(".py")):
+                with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+                out.write(json.dumps({"text": text}) + "\n")
+                size += len(text.encode())
+                if size > megabytes * 10**6:
+                    return
+
+
+def bench_finetune(opts, work_dir):
+    print(f"\n## finetune: a base model of Python's documentation (GPT-2's BPE, 4 layers x 256), then "
+          f"{opts.finetune_iters} steps on Python's source code, in full and with LoRA")
+    python_texts(work_dir, opts.finetune_megabytes)
+    for name in ("docs", "python"):
+        run_prepare([f"--input={name}.jsonl", "--tokenizer=gpt2", f"--dataset={name}"], work_dir)
+    steps = lambda n: [f"--max_iters={n}", f"--lr_decay_iters={n}", f"--eval_interval={n}", f"--seed={opts.seed}"]
+    train = [sys.executable, os.path.join(ROOT, "train.py"), *FINETUNE_MODEL]
+    run([*train, "--dataset=docs", *steps(opts.finetune_iters * 3 // 2), "--out_dir=out-base"], work_dir)
+    figures = {}
+    for name, args in FINETUNE_RUNS.items():
+        out_dir = os.path.join(work_dir, out_dir_of(name))
+        _, wall = run([*train, "--dataset=python", "--init_from=out-base/ckpt.pt", *steps(opts.finetune_iters), *args,
+                       f"--out_dir={out_dir}"], work_dir)
+        checkpoint = torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=True)
+        weights = {key: value for key, value in checkpoint["model"].items() if key != "lm_head.weight"}  # tied
+        figures[name] = (val_figures(out_dir)[0], sum(value.numel() for value in weights.values()),
+                         os.path.getsize(os.path.join(out_dir, "ckpt.pt")), wall)
+    first = next(record for record in read_metrics(os.path.join(out_dir, "metrics.jsonl")) if record["kind"] == "eval")
+    print(f"the base: val loss {val_figures(os.path.join(work_dir, 'out-base'))[0]:.4f} on the documentation, "
+          f"{first['val_loss']:.4f} on the source before finetuning")
+    full_loss, full_params, full_size, _ = figures["full finetuning"]
+    for name, (loss, params, size, wall) in figures.items():
+        print(f"{name:16s} val loss {loss:.4f} ({loss / full_loss - 1:+6.1%})  trainable {params:11,} "
+              f"({params / full_params:6.1%})  ckpt.pt {size / 2**20:7.2f} MB ({size / full_size:6.1%})  {wall:6.1f}s")

@@ -3,13 +3,16 @@ train.py's checkpoints, out_dir/ckpt.pt, and where a model comes from. A checkpo
 model shape, optimizer, progress, config and tokenizer), written atomically, and read back with weights_only=True,
 so that a file can never run code.
 
-- start_model: the model that train.py trains: new, resumed from its checkpoint, or pretrained (GPT-2's weights
-  or a folder's, checked against the data); with its shape and, for a resume, the checkpoint.
+- start_model: the model that train.py trains: new, resumed from its checkpoint, or pretrained (GPT-2's weights,
+  a folder's or a checkpoint file's, checked against the data); with its shape, for a resume the checkpoint, and
+  with lora_rank its LoRA adapters (smallgpt/lora.py): a LoRA checkpoint keeps them alone, with its base's name
+  and checksum, and is read back onto that base, unchanged.
 - restore_training: a resumed run's optimizer, gradient scaler and random number generators, as they were.
 - save_training: a run's ckpt.pt; every process takes part (FSDP gathers the shards), rank 0 writes.
 - mark_stopped_early: note in the best evaluation's checkpoint that its run stopped early, for a resume to ask.
 - load_model: the model and tokenizer spec of a checkpoint, of OpenAI's GPT-2 or of a Hugging Face folder, on the
-  CPU (sample.py, eval.py); load_checkpoint: those of a checkpoint file (export.py, bench.py).
+  CPU (sample.py, eval.py); load_checkpoint: those of a checkpoint file (export.py, bench.py), a LoRA checkpoint's
+  adapters merged into its base's weights.
 - read_checkpoint, read_for_resuming: the file, or a UserError that says why it cannot be read or resumed.
 The weights and the optimizer state are kept by parameter name, as whole tensors, so that a run saved by one
 process resumes under DDP or FSDP and the other way round.
@@ -25,6 +28,7 @@ from model import GPT, GPTConfig
 from smallgpt.errors import UserError
 from smallgpt.files import replaced_atomically
 from smallgpt.hf_format import check_init_from, check_pretrained_tokenizer, pretrained_tokenizer
+from smallgpt.lora import add_adapters, adapter_state, is_adapter, merge_adapters, parse_targets, weights_checksum
 from smallgpt.tokenizer import GPT2_SPEC
 
 # what a run tells save_training of itself: with the weights, the optimizer, the gradient scaler and the RNG
@@ -56,27 +60,33 @@ def read_checkpoint(path, required=("model", "model_args", "tokenizer"), device=
     return checkpoint
 
 
-def load_checkpoint(path):
-    """(model, tokenizer spec) of the checkpoint at path, on the CPU; UserError as read_checkpoint."""
+def load_checkpoint(path, dropout=None):
+    """
+    (model, tokenizer spec) of the checkpoint at path, on the CPU, with this dropout if given; a LoRA checkpoint's
+    adapters folded into its base's weights (which must be as they were). UserError as read_checkpoint.
+    """
     checkpoint = read_checkpoint(path)
-    model = GPT(GPTConfig(**checkpoint["model_args"]))
-    model.load_state_dict(checkpoint["model"])
-    return model, checkpoint["tokenizer"]
+    model_args = {**checkpoint["model_args"], **({} if dropout is None else {"dropout": dropout})}
+    if not checkpoint.get("lora"):
+        model = GPT(GPTConfig(**model_args))
+        model.load_state_dict(checkpoint["model"])
+        return model, checkpoint["tokenizer"]
+    return merge_adapters(with_adapters(path, checkpoint, model_args)), checkpoint["tokenizer"]
 
 
 def load_model(init_from, out_dir):
     """
-    (model, tokenizer spec) on the CPU: the checkpoint in out_dir (init_from='resume'), OpenAI's GPT-2 by name,
-    or a folder in Hugging Face's GPT-2 format, with GPT-2's BPE or the tokenizer.json of a BPE that export.py wrote.
+    (model, tokenizer spec) on the CPU: the checkpoint in out_dir (init_from='resume') or at a path, OpenAI's
+    GPT-2 by name, or a folder in Hugging Face's GPT-2 format, with GPT-2's BPE or the tokenizer.json of a BPE
+    that export.py wrote.
     """
     check_init_from(init_from, {"resume": "the checkpoint in out_dir"})
-    if init_from == "resume":
-        model, tokenizer_spec = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
-    else:
-        tokenizer_spec = pretrained_tokenizer(init_from)
-        model = GPT.from_pretrained(init_from)
-        whose = "GPT-2's" if tokenizer_spec == GPT2_SPEC else "its tokenizer's"
-        check_vocabulary(model, init_from, tokenizer_spec, whose)
+    if init_from == "resume" or os.path.isfile(init_from):
+        return load_checkpoint(os.path.join(out_dir, "ckpt.pt") if init_from == "resume" else init_from)
+    tokenizer_spec = pretrained_tokenizer(init_from)
+    model = GPT.from_pretrained(init_from)
+    whose = "GPT-2's" if tokenizer_spec == GPT2_SPEC else "its tokenizer's"
+    check_vocabulary(model, init_from, tokenizer_spec, whose)
     return model, tokenizer_spec
 
 
@@ -89,25 +99,74 @@ def check_vocabulary(model, init_from, tokenizer_spec, whose):
 
 def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_dir, verbose):
     """
-    (model, model_args, checkpoint) for train.py, on the CPU: a new model of model_args (init_from='scratch'); the
-    checkpoint at ckpt_path, if it can resume with this run's settings, and its model with its weights ('resume');
-    or the pretrained model init_from, whose shape model_args then take, its positions cropped to block_size.
+    (model, model_args, checkpoint, lora) for train.py, on the CPU: a new model of model_args
+    (init_from='scratch'); the checkpoint at ckpt_path, if it can resume with this run's settings, and its model
+    with its weights ('resume'); or the model to start from that init_from names (GPT-2's weights, a Hugging Face
+    folder, a checkpoint file), whose shape model_args then take, its positions cropped to block_size. With
+    config's lora_rank, LoRA adapters on it, every other weight frozen; lora is then what a checkpoint keeps of
+    them (their settings, the base and its checksum), else None.
     """
-    checkpoint = None
+    checkpoint, lora = None, None
     if init_from == "resume":
         checkpoint, model_args, changed = read_for_resuming(ckpt_path, model_args, config, tokenizer_spec)
         if verbose:
             print(f"resuming from {ckpt_path} at iter {checkpoint['iter_num']}"
                   + (f"; changed: {', '.join(changed)}" if changed else ""))
+        lora = checkpoint.get("lora")
+    if lora:  # the adapters go on the base they were trained on, as it was
+        return with_adapters(ckpt_path, checkpoint, model_args), model_args, checkpoint, lora
+    if config["lora_rank"] and init_from in ("scratch", "resume"):
+        raise UserError(f"lora_rank={config['lora_rank']} finetunes a trained model: start from one with "
+                        f"--init_from=gpt2, a Hugging Face folder or a ckpt.pt" + (
+                            " (a run resumes as it was trained: to finetune its weights with LoRA, start a new run "
+                            f"with --init_from={ckpt_path} --out_dir=...)" if init_from == "resume" else ""))
     if init_from in ("scratch", "resume"):
         model = GPT(GPTConfig(**model_args))
-    else:  # GPT-2's weights, or a Hugging Face folder's, with its shape
+    else:  # GPT-2's weights, a Hugging Face folder's or a checkpoint's, with its shape
         model = start_from_pretrained(init_from, tokenizer_spec, data_dir, model_args["block_size"],
                                       model_args["dropout"], verbose)
         model_args = {**model_args, **{key: getattr(model.config, key) for key in PRETRAINED_KEYS}}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-    return model, model_args, checkpoint
+    if config["lora_rank"]:
+        lora = {key: config[f"lora_{key}"] for key in ("rank", "alpha", "dropout")}
+        lora.update(targets=list(parse_targets(config["lora_targets"])), base=init_from,
+                    checksum=weights_checksum(model))
+        add_adapters(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+        if verbose:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            print(f"LoRA: {trainable:,} parameters train, with AdamW" + (
+                " (Muon, muon_learning_rate, is for training every weight)" if config["muon_learning_rate"] else ""))
+    return model, model_args, checkpoint, lora
+
+
+def with_adapters(path, checkpoint, model_args):
+    """The model of the LoRA checkpoint at path: its base, as it was, with the checkpoint's adapters on it."""
+    lora = checkpoint["lora"]
+    try:
+        base = base_model(lora["base"], model_args["dropout"])
+    except UserError as e:
+        raise UserError(f"{path} holds LoRA adapters for {lora['base']}, which cannot be loaded: {e}") from None
+    if model_args["block_size"] < base.config.block_size:
+        base.crop_block_size(model_args["block_size"])
+    if weights_checksum(base) != lora["checksum"]:
+        raise UserError(f"{path} holds LoRA adapters for {lora['base']}, whose weights have changed since "
+                        f"(sha256 {weights_checksum(base)[:12]}, not {lora['checksum'][:12]}): put back the base it "
+                        f"was trained on")
+    add_adapters(base, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+    missing, unexpected = base.load_state_dict(checkpoint["model"], strict=False)
+    if unexpected or any(is_adapter(name) for name in missing):
+        raise UserError(f"{path} does not hold the adapters its settings describe: missing "
+                        f"{[name for name in missing if is_adapter(name)][:3]}, unexpected {unexpected[:3]}")
+    return base
+
+
+def base_model(init_from, dropout=None):
+    """A model to start from, on the CPU, its positions as they are: a checkpoint file of train.py's, OpenAI's
+    GPT-2 by name, or a folder in Hugging Face's GPT-2 format."""
+    if os.path.isfile(init_from) or init_from.endswith(".pt"):
+        return load_checkpoint(init_from, dropout)[0]
+    return GPT.from_pretrained(init_from, {} if dropout is None else dict(dropout=dropout))
 
 
 def start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropout, verbose=True):
@@ -115,9 +174,15 @@ def start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropo
     The pretrained model init_from to train on data_dir's ids: its tokenizer must be the data's, block_size
     may crop its positions (never add to them), dropout is this run's.
     """
-    check_pretrained_tokenizer(init_from, tokenizer_spec, data_dir)  # the weights were trained on its ids
-    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-    check_vocabulary(model, init_from, tokenizer_spec, f"{data_dir}'s tokenizer's")
+    if os.path.isfile(init_from):  # a checkpoint carries its tokenizer
+        model, spec = load_checkpoint(init_from, dropout)
+        if spec != tokenizer_spec:
+            raise UserError(f"{init_from} was trained with another tokenizer ({describe_tokenizer(spec)}) than "
+                            f"{data_dir}'s ({describe_tokenizer(tokenizer_spec)}): finetune it on data of its own")
+    else:
+        check_pretrained_tokenizer(init_from, tokenizer_spec, data_dir)  # the weights were trained on its ids
+        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+        check_vocabulary(model, init_from, tokenizer_spec, f"{data_dir}'s tokenizer's")
     if block_size > model.config.block_size:
         raise UserError(f"block_size={block_size} is longer than the {model.config.block_size} positions of "
                         f"{init_from}; use --block_size={model.config.block_size} or less")
@@ -144,16 +209,22 @@ def read_for_resuming(path, model_args, config, tokenizer_spec):
 
 def resume_settings(checkpoint, model_args, config, tokenizer_spec):
     if checkpoint["tokenizer"] != tokenizer_spec:
-        describe = lambda spec: f"{spec['tokenizer']}, {spec['vocab_size']} tokens"
-        raise UserError(f"the checkpoint was trained with another tokenizer ({describe(checkpoint['tokenizer'])}) "
-                        f"than data/{config['dataset']}'s ({describe(tokenizer_spec)}); resume with the dataset it "
-                        f"was trained on, or start a new --out_dir")
+        raise UserError(f"the checkpoint was trained with another tokenizer "
+                        f"({describe_tokenizer(checkpoint['tokenizer'])}) than data/{config['dataset']}'s "
+                        f"({describe_tokenizer(tokenizer_spec)}); resume with the dataset it was trained on, or start "
+                        f"a new --out_dir")
     # a checkpoint from before an architecture option existed was trained with GPTConfig's default for it
     saved_args = {**asdict(GPTConfig()), **checkpoint["model_args"]}
     if checkpoint.get("pretrained"):  # the shape came from the pretrained model, not from this config
         model_args = {**model_args, **{key: saved_args[key] for key in PRETRAINED_KEYS}}
     different = [f"{key}={saved_args[key]!r} (asked {model_args[key]!r})" for key in MODEL_KEYS
                  if saved_args[key] != model_args[key]]
+    if checkpoint.get("lora"):  # the adapters' shape and use are the model's too
+        lora = checkpoint["lora"]
+        asked = {key: config[f"lora_{key}"] for key in ("rank", "alpha", "dropout")}
+        asked["targets"] = list(parse_targets(config["lora_targets"]))
+        different += [f"lora_{key}={lora[key]!r} (asked {value!r})" for key, value in asked.items()
+                      if lora[key] != value]
     if different:
         raise UserError(f"the checkpoint's model differs: {', '.join(different)}; "
                         f"use the settings it was trained with, or a new --out_dir")
@@ -172,6 +243,10 @@ def resume_settings(checkpoint, model_args, config, tokenizer_spec):
     return model_args, changes
 
 
+def describe_tokenizer(spec):
+    return f"{spec['tokenizer']}, {spec['vocab_size']} tokens"
+
+
 def mark_stopped_early(path, iter_num, patience, max_iters):
     """Record in the checkpoint at path, if any, that its run stopped early at iter_num with that patience."""
     if os.path.exists(path):
@@ -180,15 +255,17 @@ def mark_stopped_early(path, iter_num, patience, max_iters):
         save_checkpoint(path, checkpoint)
 
 
-def save_training(path, model, optimizer, scaler, fsdp, device, master_process, **run):
+def save_training(path, model, optimizer, scaler, fsdp, device, master_process, lora=None, **run):
     """
-    Save a run's ckpt.pt at path: the weights, the optimizer and gradient scaler states, every process's RNG states
-    (so that dropout continues exactly after a resume) and what run gives (RUN_KEYS and more). Every process takes
-    part, master_process writes.
+    Save a run's ckpt.pt at path: the weights (with lora, start_model's, its adapters only, beside lora itself),
+    the optimizer and gradient scaler states, every process's RNG states (so that dropout continues exactly after a
+    resume) and what run gives (RUN_KEYS and more). Every process takes part, master_process writes.
     """
     assert set(RUN_KEYS) <= run.keys(), sorted(set(RUN_KEYS) - run.keys())
     model_state, optimizer_state = training_state(model, optimizer, fsdp)
     rng = rng_states(device)
+    if lora:
+        model_state, run = adapter_state(model_state), {**run, "lora": lora}
     if master_process:
         save_checkpoint(path, {"model": model_state, "optimizer": optimizer_state, "scaler": scaler.state_dict(),
                                **rng, **run})

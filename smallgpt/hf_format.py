@@ -37,12 +37,13 @@ GPT2_DEFAULTS = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_em
 
 
 def check_init_from(init_from, starts):
-    """UserError unless init_from is one of starts ({name: what it means, or None}), a GPT-2 model or a folder."""
-    if init_from in starts or init_from in GPT2_MODELS or os.path.isdir(init_from):
+    """UserError unless init_from is one of starts ({name: what it means, or None}), a GPT-2 model, a folder or a
+    checkpoint file."""
+    if init_from in starts or init_from in GPT2_MODELS or os.path.exists(init_from):
         return
     named = ", ".join(f"'{name}'" + (f" ({what})" if what else "") for name, what in starts.items())
-    raise UserError(f"unknown init_from '{init_from}': use {named}, a GPT-2 model ({', '.join(GPT2_MODELS)}) "
-                    f"or a folder in Hugging Face's GPT-2 format")
+    raise UserError(f"unknown init_from '{init_from}': use {named}, a GPT-2 model ({', '.join(GPT2_MODELS)}), "
+                    f"a folder in Hugging Face's GPT-2 format or a checkpoint file (a ckpt.pt of train.py's)")
 
 
 def load_pretrained(name_or_path, build_model):

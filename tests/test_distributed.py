@@ -35,11 +35,12 @@ def max_difference(a, b):
 
 
 MUON = ["--muon_learning_rate=0.02", "--rotary=True", "--qk_norm=True"]
+MEMORY = ["--activation_checkpointing=True", "--chunked_loss=True"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, accumulation, options", [("ddp", 2, []), ("fsdp", 2, []), ("ddp", 1, []),
-                                                         ("ddp", 2, MUON)])
+                                                         ("ddp", 2, MUON), ("ddp", 2, MEMORY), ("fsdp", 2, MEMORY)])
 def test_two_processes_train_the_same_model_as_one(char_data, mode, accumulation, options):
     """
     With accumulation 2 each process takes one micro-batch; with 1, half of it (the default under torchrun).
@@ -98,9 +99,25 @@ def test_fsdp_needs_torchrun(char_data):
 
 
 @pytest.mark.slow
-def test_compile_on_cpu(char_data):
-    eager = parse_losses(single(char_data, "--max_iters=3", "--out_dir=eager").stdout)
-    result = single(char_data, "--max_iters=3", "--out_dir=compiled", "--compile=True")
+@pytest.mark.parametrize("layout", ["--fsdp=False", "--fsdp=True"])
+def test_lora_trains_the_same_adapters_under_torchrun(char_data, layout):
+    single(char_data, "--max_iters=4", "--out_dir=base")
+    lora = ["--max_iters=6", "--init_from=base/ckpt.pt", "--lora_rank=4", "--learning_rate=1e-2",
+            "--gradient_accumulation_steps=2", *MEMORY]
+    one = parse_losses(single(char_data, *lora, "--out_dir=one").stdout)
+    result = torchrun(char_data, *lora, "--out_dir=two", layout)
+    assert result.returncode == 0, result.stderr
+    two = parse_losses(result.stdout)
+    assert all(two[0][it] == pytest.approx(one[0][it], abs=2e-4) for it in range(6))
+    adapters = weights(char_data / "two")
+    assert all("lora_" in name for name in adapters) and max_difference(weights(char_data / "one"), adapters) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [[], MEMORY])
+def test_compile_on_cpu(char_data, options):
+    eager = parse_losses(single(char_data, "--max_iters=3", "--out_dir=eager", *options).stdout)
+    result = single(char_data, "--max_iters=3", "--out_dir=compiled", "--compile=True", *options)
     assert result.stdout.count("compiled: the first evaluation and step took") == 1
     compiled = parse_losses(result.stdout)
     for it in range(3):
