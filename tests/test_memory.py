@@ -80,15 +80,16 @@ def test_evaluations_token_losses_are_the_same_with_the_chunked_loss():
 # -----------------------------------------------------------------------------
 # LoRA, in process
 
-def test_only_the_adapters_train_and_the_merged_model_computes_base_plus_adapters():
-    model = tiny(dropout=0.0)
+@pytest.mark.parametrize("options", [{}, dict(rotary=True, qk_norm=True, attn_scale=1.5)])
+def test_only_the_adapters_train_and_the_merged_model_computes_base_plus_adapters(options):
+    model = tiny(dropout=0.0, **options)
     base = {name: p.detach().clone() for name, p in model.named_parameters()}
     add_adapters(model, rank=4, alpha=8.0, dropout=0.0, targets=ALL_TARGETS)
     trainable = sorted(name for name, p in model.named_parameters() if p.requires_grad)
     assert trainable == sorted(f"transformer.h.{layer}.{target}.{part}" for layer in range(2) for target in ALL_TARGETS
                                for part in ("lora_A", "lora_B"))
     x = torch.randint(65, (2, 16))
-    assert torch.equal(model(x, x)[0], tiny(dropout=0.0)(x, x)[0])  # B starts at zero: the base exactly
+    assert torch.equal(model(x, x)[0], tiny(dropout=0.0, **options)(x, x)[0])  # B starts at zero: the base exactly
     optimizer = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cpu")
     for _ in range(3):
         _, loss = model(x, x)
@@ -105,7 +106,7 @@ def test_only_the_adapters_train_and_the_merged_model_computes_base_plus_adapter
         merged = merge_adapters(copy.deepcopy(model))
         assert not any("lora" in name for name, _ in merged.named_parameters())
         assert torch.allclose(merged(x, x)[0], with_adapters, atol=1e-5)
-        assert not torch.allclose(with_adapters, tiny(dropout=0.0).eval()(x, x)[0], atol=1e-4)  # they learned
+        assert not torch.allclose(with_adapters, tiny(dropout=0.0, **options).eval()(x, x)[0], atol=1e-4)  # learned
 
 
 def test_the_checksum_knows_a_base_again_and_its_adapters_never():
@@ -129,8 +130,9 @@ def test_bad_lora_settings_are_refused():
 # -----------------------------------------------------------------------------
 # the scripts: finetuning a checkpoint with LoRA, resuming, sampling, evaluating, exporting
 
+# with both memory settings: the resume test checks that they resume exactly too
 LORA = ["--lora_rank=4", "--lora_dropout=0.1", "--dropout=0.1", "--learning_rate=1e-2", "--eval_interval=5",
-        "--log_interval=1", "--always_save_checkpoint=True"]
+        "--log_interval=1", "--always_save_checkpoint=True", "--activation_checkpointing=True", "--chunked_loss=True"]
 
 
 @pytest.fixture(scope="module")
