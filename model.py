@@ -2,12 +2,13 @@
 The GPT language model: GPT-2's architecture under GPT-2's parameter names, so that nanoGPT's state dicts and
 OpenAI's GPT-2 weights load into it.
 
-- GPTConfig: the model's shape, its GELU, and three options beyond GPT-2, off by default: rotary position
-  embeddings, QK-norm and a scale for attention's logits.
+- GPTConfig: the model's shape (n_layer=0: the lecture's bigram), its GELU, and three options beyond GPT-2, off by
+  default: rotary position embeddings, QK-norm and a scale for attention's logits.
 - CausalSelfAttention, MLP, Block: a transformer block, with a KVCache for generation.
 - GPT: embeddings, blocks, final LayerNorm and the tied language-model head; forward, generate through the KV
-  cache, optimizer groups (AdamW, or Muon from smallgpt/muon.py for the blocks' matrices), MFU, crop_block_size,
-  and from_pretrained for GPT-2's weights (the format lives in smallgpt/hf_format.py).
+  cache (how each token is drawn: smallgpt/sampling.py), optimizer groups (AdamW, or Muon from smallgpt/muon.py
+  for the blocks' matrices), MFU, crop_block_size, and from_pretrained for GPT-2's weights (the format lives in
+  smallgpt/hf_format.py).
 
 References: OpenAI's GPT-2 (https://github.com/openai/gpt-2/blob/master/src/model.py), RoFormer (Su et al.
 2021) for rotary embeddings, Dehghani et al. 2023 for QK-norm, https://kellerjordan.github.io/posts/muon/
@@ -23,13 +24,14 @@ from torch.nn import functional as F
 from smallgpt.chunked_loss import chunked_cross_entropy
 from smallgpt.hf_format import load_pretrained
 from smallgpt.muon import Muon
+from smallgpt.sampling import sample_next
 
 
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context the model sees
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
-    n_layer: int = 12
+    n_layer: int = 12  # 0: the bigram model, each token's next-token logits read off a (vocab, vocab) table
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
@@ -157,13 +159,14 @@ class GPT(nn.Module):
         assert config.vocab_size is not None
         assert config.block_size is not None
         self.config = config
+        bigram = config.n_layer == 0  # the lecture's first model: the embedding's rows are the logits
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            # learned position embeddings, unless rotary embeddings give the positions
-            **({} if config.rotary else dict(wpe=nn.Embedding(config.block_size, config.n_embd))),
+            wte=nn.Embedding(config.vocab_size, config.vocab_size if bigram else config.n_embd),
+            # learned position embeddings, unless rotary embeddings give the positions (or it is the bigram)
+            **({} if config.rotary or bigram else dict(wpe=nn.Embedding(config.block_size, config.n_embd))),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=nn.Identity() if bigram else nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         if config.rotary:
             # the angle of position t in channel pair i is t / 10000^(2i / hs), as in RoFormer (Su et al. 2021);
@@ -173,12 +176,13 @@ class GPT(nn.Module):
             cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]  # (block_size, 1, hs/2) each
             self.register_buffer("rotary_cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (block_size, 1, hs)
             self.register_buffer("rotary_sin", torch.cat((-sin, sin), dim=-1), persistent=False)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Identity() if bigram else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.activation_checkpointing = False  # recompute each block in the backward pass, not keep its activations
         self.chunked_loss = False  # the head and the loss over chunks of tokens: the whole logits never exist
         # Weight tying: the head that reads out tokens is the embedding that reads them in.
         # https://paperswithcode.com/method/weight-tying
-        self.transformer.wte.weight = self.lm_head.weight
+        if not bigram:
+            self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         # GPT-2 scales the projections into the residual stream by 1/sqrt(number of residual
         # additions), so that the stream's variance does not grow with depth
@@ -192,7 +196,7 @@ class GPT(nn.Module):
         embeddings are, since they are also the weights of the final layer.
         """
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding and not self.config.rotary:
+        if non_embedding and "wpe" in self.transformer:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -235,7 +239,7 @@ class GPT(nn.Module):
         rotation = None
         if self.config.rotary:
             rotation = self.rotary_cos[start:start + T], self.rotary_sin[start:start + T]  # (T, 1, hs) each
-        else:
+        elif "wpe" in self.transformer:
             pos = torch.arange(start, start + T, dtype=torch.long, device=device)  # (T,)
             x = x + self.transformer.wpe(pos)  # (T, C) position embeddings, broadcast over the batch
         if self.training:
@@ -256,7 +260,7 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         if self.config.rotary:
             self.rotary_cos, self.rotary_sin = self.rotary_cos[:block_size], self.rotary_sin[:block_size]
-        else:
+        elif "wpe" in self.transformer:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
@@ -320,20 +324,20 @@ class GPT(nn.Module):
         return flops_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, tokenizer_vocab_size=None):
+    def generate(self, idx, max_new_tokens, **sampling):
         """
         Continue each row of idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
         Call model.eval() first. See generate_stream for how the context is handled.
         """
-        tokens = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, tokenizer_vocab_size)
-        return torch.cat([idx, *tokens], dim=1)
+        return torch.cat([idx, *self.generate_stream(idx, max_new_tokens, **sampling)], dim=1)
 
     @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        tokenizer_vocab_size=None):
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, min_p=0.0,
+                        penalties=None, tokenizer_vocab_size=None):
         """
-        Yield the new tokens (B, 1) of each row of idx (B, T) one step at a time, as they are sampled: among the
-        first tokenizer_vocab_size ids only, if given, so that the vocabulary's padding is never drawn.
+        Yield the new tokens (B, 1) of each row of idx (B, T) one step at a time, as they are sampled (see
+        smallgpt/sampling.py; penalties, if any, count the tokens in the cache): among the first
+        tokenizer_vocab_size ids only, if given, so that the vocabulary's padding is never drawn.
         The prompt is processed once into a KV cache, then each new token costs one single-token step.
         Within block_size this gives exactly what recomputing the whole context at every step gives.
         Past block_size the learned position embeddings have no room left, so when the cache is full
@@ -351,27 +355,14 @@ class GPT(nn.Module):
             # inference mode: no_grad, and less bookkeeping per op, which is most of a one-token step's time;
             # its tensors stay inside (the cache, uncached), the caller gets ordinary ones
             with torch.inference_mode():
+                if penalties and cache.length == 0:  # the tokens the model is about to see, counted afresh
+                    penalties.restart(uncached, self.config.vocab_size)
                 logits, _ = self(uncached, cache=cache)
-                uncached = sample_next(logits[:, -1, :tokenizer_vocab_size], temperature, top_k, top_p)  # (B, 1)
+                logits = logits[:, -1, :tokenizer_vocab_size]
+                uncached = sample_next(penalties(logits) if penalties else logits, temperature, top_k, top_p,
+                                       min_p)  # (B, 1)
+                if penalties:
+                    penalties.add(uncached)
             idx = torch.cat((idx, uncached), dim=1)
             yield idx[:, -1:]
 
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
-    """Draw one token per row from logits (B, vocab_size): temperature, then top-k, then top-p (nucleus)."""
-    logits = logits / temperature
-    candidates = None  # the token id of each column of logits, once top-k or top-p has sorted them
-    if top_k is not None and top_k < logits.size(-1):
-        logits, candidates = torch.topk(logits, top_k)  # (B, top_k) each, the most likely first
-    if top_p is not None and top_p < 1.0:
-        if candidates is None:
-            logits, candidates = torch.sort(logits, dim=-1, descending=True)
-        # keep the most likely tokens until their probabilities add up to top_p
-        probs = F.softmax(logits, dim=-1)
-        outside = probs.cumsum(dim=-1) - probs > top_p  # the most likely always stays
-        logits = logits.masked_fill(outside, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    # The column whose probability over an exponential random number is largest is a draw from probs (the
-    # exponential race, which torch.multinomial uses inside too, without its checks that cost more than the draw)
-    column = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1, keepdim=True)  # (B, 1)
-    return column if candidates is None else candidates.gather(-1, column)

@@ -23,6 +23,7 @@ from smallgpt.configurator import configure
 from smallgpt.devices import start_run
 from smallgpt.errors import UserError
 from smallgpt.files import read_text
+from smallgpt.sampling import Penalties
 from smallgpt.tokenizer import make_codec
 
 # -----------------------------------------------------------------------------
@@ -34,6 +35,11 @@ max_new_tokens = 500  # [0, inf): tokens generated per sample
 temperature = 0.8  # (0, inf); for nearly greedy sampling use e.g. 0.01 or --top_k=1: < 1: more conservative
 top_k = 200  # [0, inf): sample among the top_k most likely tokens only; 0 for all
 top_p = 1.0  # (0, 1]: sample among the most likely tokens that make up top_p of the probability; 1.0 for all
+min_p = 0.0  # [0, 1]: sample among the tokens at least min_p times as likely as the most likely one; 0.0 for all
+# against a sample that loops (smallgpt/sampling.py), over the tokens the model sees: 1.0 and 0.0 are off
+repetition_penalty = 1.0  # (0, inf): a seen token's logit divided by it where positive, multiplied where negative
+frequency_penalty = 0.0  # (-inf, inf); must be a finite number: taken off a seen token's logit per time it was seen
+presence_penalty = 0.0  # (-inf, inf); must be a finite number: taken off a seen token's logit once
 seed = 1337  # [0, 4294967295]
 device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # one of auto, float32, bfloat16, float16: auto: bfloat16 on CUDA where it runs, else float16
@@ -83,9 +89,11 @@ def print_as_generated(tokens):
     print(decode(pending))
 
 
+penalties = Penalties(repetition_penalty, frequency_penalty, presence_penalty)
 with torch.no_grad(), autocast:
     for k in range(num_samples):
         tokens = model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
+                                       min_p=min_p, penalties=penalties,
                                        tokenizer_vocab_size=tokenizer_spec["vocab_size"])
         if num_samples == 1:  # one sample: show the text as it is written
             print_as_generated(tokens)

@@ -61,7 +61,7 @@ gradient_accumulation_steps = 1  # [1, inf): micro-batches per step, summed over
 batch_size = 12  # [1, inf): sequences per micro-batch
 block_size = 64  # [1, inf): tokens per sequence
 # model
-n_layer = 4  # [1, inf)
+n_layer = 4  # [0, inf): transformer blocks; 0: the bigram model, a table of logits (config/bigram.py)
 n_head = 4  # [1, inf)
 n_embd = 128  # [1, inf)
 dropout = 0.0  # [0, 1): 0 for pretraining, 0.1+ for finetuning or small data
@@ -203,6 +203,10 @@ iter_num, best_val_loss, best_iter = 0, float("inf"), 0  # best_iter: the iterat
 model, model_args, checkpoint, lora = start_model(init_from, model_args, ckpt_path, config, tokenizer_spec,
                                                   data_dir, verbose=master_process)
 model.activation_checkpointing, model.chunked_loss = activation_checkpointing, chunked_loss
+if model.config.n_layer == 0:  # the bigram model (config/bigram.py): a table of logits, no blocks
+    for key in ("rotary", "qk_norm", "muon_learning_rate", "activation_checkpointing", "chunked_loss"):
+        if config[key]:
+            raise UserError(f"n_layer=0, the bigram model, has no blocks for {key} to act on: leave {key} out")
 if checkpoint is not None:
     pretrained, iter_num = checkpoint.get("pretrained"), checkpoint["iter_num"]
     best_val_loss, best_iter = checkpoint["best_val_loss"], checkpoint["best_iter"]
@@ -211,8 +215,6 @@ if budget.steps:  # a resumed run goes on to the end fitted to its time, in the 
     max_iters = lr_decay_iters = budget.steps
 torch.manual_seed(seed + rank)  # the same initial weights in every process, but different dropout masks
 model.to(device)
-if master_process:
-    print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
 if fsdp:  # each block's weights, gradients and optimizer state split over the processes, then the rest's
     from torch.distributed.fsdp import fully_shard  # imported only here: it takes a while to import
     for module in (*model.transformer.h, model):

@@ -9,7 +9,8 @@ and autocast context made concrete).
   device's peak: on a CPU, an fp32 matrix product timed before every round of steps.
 - bench_sample(opts, out_dir): tokens/s of greedy generation without the KV cache (the whole context through the
   model for every token, as nanoGPT does), with it, and with it as sample.py runs on a CPU, on a 6 x 6 x 384 model
-  with GPT-2's vocabulary; then 2,000 tokens with sample.py's settings from out_dir's checkpoint.
+  with GPT-2's vocabulary, and the cost of the penalties against loops; then 2,000 tokens with sample.py's settings
+  from out_dir's checkpoint, and how much 10 samples of its repeat themselves with each setting against loops.
 - bench_eval(opts, out_dir): examples/s of HellaSwag's scoring as eval.py does it (many examples in padded batches)
   against build-nanogpt's way (one example's four endings at a time), on HellaSwag-shaped examples cut from Tiny
   Shakespeare: with a 6 x 384 model with GPT-2's vocabulary, then with out_dir's checkpoint if there is one.
@@ -24,14 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, sample_next
+from model import GPT, GPTConfig
 from smallgpt.bench_prepare import DATA_DIR
 from smallgpt.checkpoint import load_checkpoint
 from smallgpt.devices import peak_flops
 from smallgpt.errors import UserError
 from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_share
 from smallgpt.likelihood import window
-from smallgpt.tokenizer import GPT2_SPEC
+from smallgpt.sampling import Penalties, repeated_shares, sample_next
+from smallgpt.tokenizer import GPT2_SPEC, make_codec
 
 def synchronize(opts):
     if opts.device_type == "cuda":
@@ -182,19 +184,49 @@ def bench_sample(opts, out_dir):
     torch.manual_seed(opts.seed)
     model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024, vocab_size=50304, bias=False,
                           activation="gelu")).to(opts.device).eval()
+    prompt = torch.randint(50304, (1, 256), device=opts.device)
     with opts.autocast:
-        compare_generation(opts, model, torch.randint(50304, (1, 256), device=opts.device), 64, repeats=3, top_k=1)
+        compare_generation(opts, model, prompt, 64, repeats=3, top_k=1)
+        # the penalties' cost: a few operations over the vocabulary for each token, beside the model's step
+        penalties = Penalties(repetition=1.3, frequency=0.1, presence=0.5)
+        plain, penalised = (median(timed(opts, lambda: model.generate(prompt, 64, top_k=1, **settings))[1]
+                                   for _ in range(3)) for settings in ({}, dict(penalties=penalties)))
+        print(f"{'KV cache, all three penalties':30s} {64 / penalised:9,.1f} tokens/s  ({penalised / plain - 1:+.1%} "
+              f"time per token)")
 
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.exists(ckpt_path):
         print(f"\n(no {ckpt_path} for the 2,000-token measurement: run python train.py config/shakespeare_char_cpu.py)")
         return
-    model, _ = load_checkpoint(ckpt_path)
+    model, spec = load_checkpoint(ckpt_path)
     model.to(opts.device).eval()
     print(f"\n## sample: 2,000 tokens from {ckpt_path} (block {model.config.block_size}), temperature 0.8, top_k 200")
     with opts.autocast:
         compare_generation(opts, model, torch.zeros((1, 1), dtype=torch.long, device=opts.device), 2000, repeats=3,
                            temperature=0.8, top_k=200)
+        compare_penalties(opts, model, make_codec(spec))
+
+
+# sample.py's settings against loops, each on its own, beside none
+LOOP_SETTINGS = {"none": {}, "--repetition_penalty=1.1": dict(penalties=Penalties(repetition=1.1)),
+                 "--repetition_penalty=1.3": dict(penalties=Penalties(repetition=1.3)),
+                 "--frequency_penalty=0.1": dict(penalties=Penalties(frequency=0.1)),
+                 "--presence_penalty=0.5": dict(penalties=Penalties(presence=0.5)), "--min_p=0.1": dict(min_p=0.1)}
+
+
+def compare_penalties(opts, model, codec, num_samples=10, n_new=500):
+    """How much num_samples samples of sample.py's defaults repeat themselves, with each setting against loops."""
+    encode, decode = codec
+    prompt = torch.tensor([encode("\n")], device=opts.device)
+    print(f"\n## sample: {num_samples} samples of {n_new} tokens, temperature 0.8, top_k 200: lines of 20 characters "
+          f"or more that repeat an earlier line of their sample, 4-grams of tokens seen before in it")
+    for name, settings in LOOP_SETTINGS.items():
+        torch.manual_seed(opts.seed)
+        samples, seconds = timed(opts, lambda: [model.generate(prompt, n_new, temperature=0.8, top_k=200, **settings)[0]
+                                                .tolist() for _ in range(num_samples)])
+        lines, grams = repeated_shares([decode(tokens) for tokens in samples], samples)
+        print(f"{name:26s} repeated lines {lines:6.1%}  repeated 4-grams {grams:6.1%}  "
+              f"{num_samples * n_new / seconds:7,.1f} tokens/s")
 
 
 def shakespeare_examples(opts, n):

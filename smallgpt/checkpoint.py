@@ -114,29 +114,29 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
                   + (f"; changed: {', '.join(changed)}" if changed else ""))
         lora = checkpoint.get("lora")
     if lora:  # the adapters go on the base they were trained on, as it was
-        return with_adapters(ckpt_path, checkpoint, model_args), model_args, checkpoint, lora
-    if config["lora_rank"] and init_from in ("scratch", "resume"):
+        model = with_adapters(ckpt_path, checkpoint, model_args)
+    elif config["lora_rank"] and init_from in ("scratch", "resume"):
         raise UserError(f"lora_rank={config['lora_rank']} finetunes a trained model: start from one with "
                         f"--init_from=gpt2, a Hugging Face folder or a ckpt.pt" + (
                             " (a run resumes as it was trained: to finetune its weights with LoRA, start a new run "
                             f"with --init_from={ckpt_path} --out_dir=...)" if init_from == "resume" else ""))
-    if init_from in ("scratch", "resume"):
+    elif init_from in ("scratch", "resume"):
         model = GPT(GPTConfig(**model_args))
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
     else:  # GPT-2's weights, a Hugging Face folder's or a checkpoint's, with its shape
         model = start_from_pretrained(init_from, tokenizer_spec, data_dir, model_args["block_size"],
                                       model_args["dropout"], verbose)
         model_args = {**model_args, **{key: getattr(model.config, key) for key in PRETRAINED_KEYS}}
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-    if config["lora_rank"]:
+    if config["lora_rank"] and not lora:
         lora = {key: config[f"lora_{key}"] for key in ("rank", "alpha", "dropout")}
         lora.update(targets=list(parse_targets(config["lora_targets"])), base=init_from,
                     checksum=weights_checksum(model))
         add_adapters(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
-        if verbose:
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            print(f"LoRA: {trainable:,} parameters train, with AdamW" + (
-                " (Muon, muon_learning_rate, is for training every weight)" if config["muon_learning_rate"] else ""))
+    if verbose:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M" + (
+            f"; LoRA: {trainable:,} of them train, with AdamW alone" if lora else ""))
     return model, model_args, checkpoint, lora
 
 

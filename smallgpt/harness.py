@@ -5,7 +5,8 @@ file only when a task is not built in.
 
 - HarnessModel(model, tokenizer_spec, autocast): our GPT as the harness's LM. loglikelihood scores contexts and
   continuations in padded batches; loglikelihood_rolling, whole texts in windows of block_size; generate_until
-  continues greedily through the KV cache up to a stop string. Under torchrun the processes share the requests.
+  continues greedily through the KV cache (with the penalties against repetition a task asks for) up to a stop
+  string. Under torchrun the processes share the requests.
 - task_manager(names, include_path, built_in): the harness's tasks, once every name is known to it.
 - run_tasks(lm, names, task_manager, limit): {task: {metric: value, ..., "examples": n}} on process 0.
 """
@@ -21,6 +22,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from smallgpt.errors import UserError
 from smallgpt.likelihood import continuation_losses, lenient_encoder
+from smallgpt.sampling import Penalties
 from smallgpt.tokenizer import EOT, make_codec
 
 
@@ -69,9 +71,12 @@ class HarnessModel(LM):
             stops = [stops] if isinstance(stops, str) else stops
             idx = torch.tensor([self.encode(context) or self.prefix], device=self._device)  # (1, T)
             ids, text = [], ""
+            # greedy, with the penalties against repetition that the task asks for, if any (as Hugging Face's)
+            penalties = Penalties(settings.get("repetition_penalty", 1.0), settings.get("frequency_penalty", 0.0),
+                                  settings.get("presence_penalty", 0.0))
             with self.autocast:
                 for token in self.model.generate_stream(idx, settings.get("max_gen_toks", 256), top_k=1,
-                                                        tokenizer_vocab_size=self.vocab_size):
+                                                        penalties=penalties, tokenizer_vocab_size=self.vocab_size):
                     ids.append(token.item())
                     text = self.decode(ids)
                     if any(stop in text for stop in [*stops, self.eot]):

@@ -80,7 +80,7 @@ def save_pretrained(model, folder, tokenizer_vocab_size=50257):
     """
     cfg = model.config
     not_in_gpt2 = [name for name, on in (("rotary", cfg.rotary), ("qk_norm", cfg.qk_norm),
-                                         ("attn_scale", cfg.attn_scale != 1.0)) if on]
+                                         ("attn_scale", cfg.attn_scale != 1.0), ("n_layer=0", cfg.n_layer == 0)) if on]
     if not_in_gpt2:
         raise UserError(f"cannot export to {folder}: GPT-2's format cannot hold this model: it uses "
                         f"{', '.join(not_in_gpt2)}, which GPT-2 has not")

@@ -40,6 +40,8 @@ def parse_targets(text):
 
 def add_adapters(model, rank, alpha, dropout, targets):
     """Freeze every weight of model, then give the targets of every block an adapter of this rank (trainable)."""
+    if not model.transformer.h:
+        raise UserError("lora_rank: the model has no blocks for adapters (n_layer=0, the bigram): train it whole")
     for p in model.parameters():
         p.requires_grad_(False)
     for block in model.transformer.h:

@@ -2,10 +2,13 @@
 
 import re
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import assert_clean_error, needs_gpt2_bpe, run_ok, run_script
+from model import GPT, GPTConfig
+from smallgpt.bench_speed import LOOP_SETTINGS, compare_penalties
 
 
 def bench(cwd, *args):
@@ -44,10 +47,21 @@ def test_prepare_part_writes_the_same_ids_as_nanogpts_way(char_data):
 def test_sample_part_gets_the_same_tokens_with_and_without_the_cache(char_data):
     out = bench(char_data, "--part=sample")
     assert "recomputing (nanoGPT)" in out and "KV cache, as sample.py on CPU" in out
-    assert "the same tokens from all three: yes" in out
+    assert "the same tokens from all three: yes" in out and "KV cache, all three penalties" in out
     assert "no out/ckpt.pt for the 2,000-token measurement" in out
 
 
 @pytest.mark.slow
 def test_an_unknown_part_is_a_clean_error(tmp_path):
     assert_clean_error(run_script("bench.py", "--part=everything", cwd=tmp_path), "unknown part 'everything'")
+
+
+def test_the_loop_measure_runs_each_setting_against_loops(capsys):
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=65, bias=False)).eval()
+    codec = (lambda text: [ord(c) % 65 for c in text], lambda ids: "".join(chr(32 + i) for i in ids))
+    compare_penalties(SimpleNamespace(device="cpu", device_type="cpu", seed=0), model, codec, num_samples=2, n_new=40)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "repeated lines" in line]
+    assert [line.split()[0] for line in lines] == list(LOOP_SETTINGS)
+    for line in lines:
+        found = re.search(r"repeated lines +([\d.]+)%  repeated 4-grams +([\d.]+)% +([\d,.]+) tokens/s", line)
+        assert found and 0 <= float(found.group(2)) <= 100 and float(found.group(3).replace(",", "")) > 0, line

@@ -125,6 +125,8 @@ def test_bad_lora_settings_are_refused():
     user_error(lambda: add_adapters(tiny(), 33, 16.0, 0.0, ("attn.c_proj",)),
                "lora_rank=33 is above the size of attn.c_proj (32 x 32): use at most 32")
     assert parse_targets("mlp.c_fc, attn.c_attn,mlp.c_fc") == ("mlp.c_fc", "attn.c_attn")
+    bigram = GPT(GPTConfig(n_layer=0, block_size=16, vocab_size=65))
+    user_error(lambda: add_adapters(bigram, 4, 16.0, 0.0, ALL_TARGETS), "the model has no blocks for adapters")
 
 
 # -----------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def finetuned(finished_run, tmp_path_factory):
 @pytest.mark.slow
 def test_a_lora_checkpoint_holds_the_adapters_and_a_reference_to_its_base(finetuned):
     folder, straight = finetuned
-    assert "LoRA: 4,096 parameters train, with AdamW" in straight
+    assert "; LoRA: 4,096 of them train, with AdamW alone" in straight
     checkpoint = torch.load(folder / "out" / "ckpt.pt", weights_only=True)
     assert all("lora_" in name for name in checkpoint["model"]) and len(checkpoint["model"]) == 16
     base = torch.load(folder / "base" / "ckpt.pt", weights_only=True)
@@ -200,7 +202,7 @@ def test_lora_from_a_hugging_face_folder_exports_merged_weights_that_transformer
     trained = run_ok("train.py", "--dataset=shakespeare", f"--init_from={base}", "--lora_rank=4", "--max_iters=4",
                      "--learning_rate=1e-2", "--eval_interval=4", "--eval_iters=2", "--batch_size=4", "--block_size=32",
                      "--device=cpu", cwd=tmp_path)
-    assert f"initializing from {base}" in trained and "parameters train, with AdamW" in trained
+    assert f"initializing from {base}" in trained and "of them train, with AdamW alone" in trained
     model, _ = load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))
     run_ok("export.py", cwd=tmp_path)
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out" / "hf").eval()

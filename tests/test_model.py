@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, sample_next
+from conftest import user_error
+from model import GPT, GPTConfig
+from smallgpt.hf_format import save_pretrained
+from smallgpt.sampling import sample_next
 
 
 def tiny(**overrides):
@@ -369,3 +372,14 @@ def test_streamed_tokens_are_ordinary_tensors():
     tokens = list(model.generate_stream(torch.zeros((1, 1), dtype=torch.long), 3, top_k=1))
     assert len(tokens) == 3 and not any(t.is_inference() for t in tokens)
     assert torch.cat(tokens, dim=1).shape == (1, 3)
+
+
+def test_the_bigram_reads_each_tokens_logits_off_its_table(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=0, block_size=8, vocab_size=11))
+    idx = torch.randint(11, (2, 8))
+    logits, loss = model(idx, idx)
+    assert torch.equal(logits, model.transformer.wte.weight[idx])  # no positions, no blocks, no norm, no head
+    assert model.get_num_params() == 11 * 11 and list(model.state_dict()) == ["transformer.wte.weight"]
+    assert model.eval().generate(idx[:, :2], 20, top_k=1).shape == (2, 22)  # through the cache, past block_size
+    user_error(lambda: save_pretrained(model, str(tmp_path / "hf"), 11), "it uses n_layer=0, which GPT-2 has not")

@@ -9,7 +9,9 @@ import torch
 from conftest import (RunsCode, TINY, inside, needs_gpt2_bpe, prepare_in, run_ok, run_script,
                       sample_text, script_error, user_error)
 from smallgpt.checkpoint import load_checkpoint
+from model import GPT, GPTConfig
 from smallgpt.files import read_text
+from smallgpt.sampling import Penalties, repeated_shares, sample_next
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +117,68 @@ def test_gpt2_text_streams_whole_characters(tmp_path):
         assert streamed.startswith("東京 🙂")
         whole = first_sample(tmp_path, "--num_samples=2", f"--seed={seed}", "--start=東京 🙂", "--temperature=1.5")
         assert streamed == whole
+
+
+# -----------------------------------------------------------------------------
+# sampling against loops: penalties, min-p, and the measure of repetition
+
+def test_the_penalties_change_the_logits_as_their_definitions_say():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    context = torch.tensor([[0, 1, 1]])  # token 0 once, token 1 twice, 2 and 3 never
+    penalties = Penalties(repetition=2.0)
+    penalties.restart(context, 4)
+    assert torch.equal(penalties(logits), torch.tensor([[1.0, -2.0, 0.5, 3.0]]))  # divided where positive
+    penalties = Penalties(frequency=0.5, presence=0.25)
+    penalties.restart(context, 4)
+    assert torch.equal(penalties(logits), torch.tensor([[2.0 - 0.5 - 0.25, -1.0 - 1.0 - 0.25, 0.5, 3.0]]))
+    penalties.add(torch.tensor([[3]]))  # a drawn token counts from then on
+    assert penalties(logits)[0, 3].item() == 3.0 - 0.5 - 0.25
+    assert not Penalties() and Penalties(presence=0.1)  # off unless one of them is set
+
+
+def test_min_p_keeps_exactly_the_tokens_as_likely_as_min_p_times_the_top_one():
+    probs = torch.tensor([0.5, 0.26, 0.24, 0.0, 0.0])  # min_p=0.5: 0.26 stays, 0.24 goes
+    logits = torch.log(probs + 1e-30)[None].repeat(2000, 1)
+    drawn = set(sample_next(logits, min_p=0.5).flatten().tolist())
+    assert drawn == {0, 1}
+    assert set(sample_next(logits, min_p=0.0).flatten().tolist()) == {0, 1, 2}
+    assert set(sample_next(logits, min_p=1.0).flatten().tolist()) == {0}
+
+
+def looping_model():
+    """A tiny model trained on one line repeated, which it then repeats when it samples."""
+    torch.manual_seed(0)
+    line = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7])
+    data = line.repeat(20)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=10, bias=False))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(150):
+        starts = torch.randint(len(data) - 17, (16,))
+        windows = torch.stack([data[s:s + 17] for s in starts])
+        _, loss = model(windows[:, :-1].contiguous(), windows[:, 1:].contiguous())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def test_defaults_sample_as_before_and_a_penalty_makes_a_looping_model_repeat_less():
+    model = looping_model()
+    prompt = torch.tensor([[3, 1, 4]])
+
+    def draw(**options):
+        torch.manual_seed(1)
+        return model.generate(prompt, 60, **options)[0].tolist()
+
+    plain = draw()
+    assert plain == draw(min_p=0.0, penalties=Penalties())  # the defaults: the same tokens
+    looped = repeated_shares([], [plain])[1]
+    penalised = repeated_shares([], [draw(penalties=Penalties(repetition=3.0, presence=1.0))])[1]
+    assert looped > 0.7 and penalised < looped - 0.2, (looped, penalised)
+
+
+def test_the_repetition_measure_counts_repeated_lines_and_four_grams():
+    text = "a line that is long enough\nshort\na line that is long enough\nanother line, long enough too\n"
+    lines, grams = repeated_shares([text, "one line that is long enough alone"], [[1, 2, 3, 4, 1, 2, 3, 4], [5, 6]])
+    assert lines == pytest.approx(1 / 4)  # 4 lines of 20 characters or more, one of them seen before
+    assert grams == pytest.approx(1 / 5)  # 5 4-grams in the first sample, the last one seen before

@@ -178,6 +178,11 @@ def test_bad_data_devices_and_checkpoints_are_refused(char_data):
     (["--compile=maybe"], ["compile must be True or False"]),
     (["--rotary=True", "--n_embd=30", "--n_head=2"], ["the head size n_embd // n_head (15) must be even"]),
     (["--fsdp=True", "--muon_learning_rate=0.02"], ["fsdp=True cannot train with Muon"]),
+    (["--n_layer=0", "--rotary=True"], ["n_layer=0, the bigram model, has no blocks for rotary to act on"]),
+    (["--n_layer=0", "--qk_norm=True"], ["has no blocks for qk_norm to act on: leave qk_norm out"]),
+    (["--n_layer=0", "--muon_learning_rate=0.02"], ["has no blocks for muon_learning_rate to act on"]),
+    (["--n_layer=0", "--activation_checkpointing=True"], ["has no blocks for activation_checkpointing to act on"]),
+    (["--n_layer=0", "--chunked_loss=True"], ["has no blocks for chunked_loss to act on"]),
 ])
 def test_bad_settings_are_clean_errors(char_data, args, fragments):
     message = script_error("train.py", *TINY, "--max_iters=2", *args, cwd=char_data)
@@ -240,3 +245,22 @@ def test_resuming_from_a_foreign_checkpoint_is_refused(tmp_path):
     torch.save({"model": {}, "iter_num": 3}, tmp_path / "out" / "ckpt.pt")
     with inside(tmp_path):
         user_error(lambda: read_for_resuming("out/ckpt.pt", {}, {}, {}), "not written by this train.py")
+
+
+@pytest.mark.slow
+def test_the_bigram_model_learns_its_table_samples_and_resumes(char_data):
+    bigram = [str(ROOT / "config" / "bigram.py"), "--device=cpu", "--lr_decay_iters=600", "--eval_interval=300",
+              "--log_interval=50", "--eval_iters=20"]
+    straight = train(char_data, *bigram, "--max_iters=600").stdout
+    assert parse_losses(straight)[1][600] < 2.6  # the lecture's bigram: about 2.5
+    checkpoint = torch.load(char_data / "out-bigram" / "ckpt.pt", weights_only=True)
+    vocab_size = checkpoint["model_args"]["vocab_size"]
+    assert {name: tuple(w.shape) for name, w in checkpoint["model"].items()} == {
+        "transformer.wte.weight": (vocab_size, vocab_size)}  # a table of logits, and nothing else
+    train(char_data, *bigram, "--max_iters=300", "--out_dir=stopped")
+    resumed = train(char_data, *bigram, "--max_iters=600", "--out_dir=stopped", "--init_from=resume").stdout
+    expected, got = parse_losses(straight), parse_losses(resumed)
+    assert got[0] and all(got[0][it] == expected[0][it] for it in got[0]) and got[1][600] == expected[1][600]
+    sample = run_script("sample.py", "--out_dir=out-bigram", "--device=cpu", "--num_samples=1", "--start=ROMEO:",
+                        "--max_new_tokens=40", "--repetition_penalty=1.2", "--min_p=0.05", cwd=char_data)
+    assert sample.returncode == 0 and sample.stdout.startswith("ROMEO:") and len(sample.stdout.split("\n---")[0]) == 46
