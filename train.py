@@ -203,10 +203,6 @@ iter_num, best_val_loss, best_iter = 0, float("inf"), 0  # best_iter: the iterat
 model, model_args, checkpoint, lora = start_model(init_from, model_args, ckpt_path, config, tokenizer_spec,
                                                   data_dir, verbose=master_process)
 model.activation_checkpointing, model.chunked_loss = activation_checkpointing, chunked_loss
-if model.config.n_layer == 0:  # the bigram model (config/bigram.py): a table of logits, no blocks
-    for key in ("rotary", "qk_norm", "muon_learning_rate", "activation_checkpointing", "chunked_loss"):
-        if config[key]:
-            raise UserError(f"n_layer=0, the bigram model, has no blocks for {key} to act on: leave {key} out")
 if checkpoint is not None:
     pretrained, iter_num = checkpoint.get("pretrained"), checkpoint["iter_num"]
     best_val_loss, best_iter = checkpoint["best_val_loss"], checkpoint["best_iter"]

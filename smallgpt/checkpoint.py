@@ -31,6 +31,9 @@ from smallgpt.hf_format import check_init_from, check_pretrained_tokenizer, pret
 from smallgpt.lora import add_adapters, adapter_state, is_adapter, merge_adapters, parse_targets, weights_checksum
 from smallgpt.tokenizer import GPT2_SPEC
 
+# the settings that act on the transformer blocks, which the bigram model (n_layer=0) has none of
+BLOCK_SETTINGS = ("rotary", "qk_norm", "muon_learning_rate", "activation_checkpointing", "chunked_loss")
+
 # what a run tells save_training of itself: with the weights, the optimizer, the gradient scaler and the RNG
 # states, what a resume needs; a run also gives "pretrained" (where its weights started) and, with max_seconds,
 # its "budget"
@@ -104,7 +107,8 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
     with its weights ('resume'); or the model to start from that init_from names (GPT-2's weights, a Hugging Face
     folder, a checkpoint file), whose shape model_args then take, its positions cropped to block_size. With
     config's lora_rank, LoRA adapters on it, every other weight frozen; lora is then what a checkpoint keeps of
-    them (their settings, the base and its checksum), else None.
+    them (their settings, the base and its checksum), else None. Settings that act on blocks are refused for the
+    bigram (n_layer=0), which has none.
     """
     checkpoint, lora = None, None
     if init_from == "resume":
@@ -128,6 +132,10 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
         model = start_from_pretrained(init_from, tokenizer_spec, data_dir, model_args["block_size"],
                                       model_args["dropout"], verbose)
         model_args = {**model_args, **{key: getattr(model.config, key) for key in PRETRAINED_KEYS}}
+    if model.config.n_layer == 0:  # the bigram (config/bigram.py): a table of logits, and nothing else
+        for key in BLOCK_SETTINGS:
+            if config[key]:
+                raise UserError(f"n_layer=0, the bigram model, has no blocks for {key} to act on: leave {key} out")
     if config["lora_rank"] and not lora:
         lora = {key: config[f"lora_{key}"] for key in ("rank", "alpha", "dropout")}
         lora.update(targets=list(parse_targets(config["lora_targets"])), base=init_from,
