@@ -66,7 +66,7 @@ def memory_step(settings):
     torch.manual_seed(settings["seed"])
     torch.set_float32_matmul_precision("high")
     shape = {key: settings[key] for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
-    model = GPT(GPTConfig(**shape, bias=False, dropout=0.0, activation="gelu"))  # train.py's defaults, nanoGPT's
+    model = GPT(GPTConfig(**shape, bias=False, dropout=0.0, activation="gelu"))  # train.py's defaults
     if settings["lora_rank"]:
         add_adapters(model, settings["lora_rank"], 16.0, 0.0, ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
                                                                "mlp.c_proj"))
