@@ -137,9 +137,7 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
             if config[key]:
                 raise UserError(f"n_layer=0, the bigram model, has no blocks for {key} to act on: leave {key} out")
     if config["lora_rank"] and not lora:
-        lora = {key: config[f"lora_{key}"] for key in ("rank", "alpha", "dropout")}
-        lora.update(targets=list(parse_targets(config["lora_targets"])), base=init_from,
-                    checksum=weights_checksum(model))
+        lora = {**lora_settings(config), "base": init_from, "checksum": weights_checksum(model)}
         add_adapters(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
     if verbose:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -228,11 +226,8 @@ def resume_settings(checkpoint, model_args, config, tokenizer_spec):
     different = [f"{key}={saved_args[key]!r} (asked {model_args[key]!r})" for key in MODEL_KEYS
                  if saved_args[key] != model_args[key]]
     if checkpoint.get("lora"):  # the adapters' shape and use are the model's too
-        lora = checkpoint["lora"]
-        asked = {key: config[f"lora_{key}"] for key in ("rank", "alpha", "dropout")}
-        asked["targets"] = list(parse_targets(config["lora_targets"]))
-        different += [f"lora_{key}={lora[key]!r} (asked {value!r})" for key, value in asked.items()
-                      if lora[key] != value]
+        different += [f"lora_{key}={checkpoint['lora'][key]!r} (asked {value!r})"
+                      for key, value in lora_settings(config).items() if checkpoint["lora"][key] != value]
     if different:
         raise UserError(f"the checkpoint's model differs: {', '.join(different)}; "
                         f"use the settings it was trained with, or a new --out_dir")
@@ -249,6 +244,12 @@ def resume_settings(checkpoint, model_args, config, tokenizer_spec):
                         f"{config['muon_learning_rate']!r} would switch between AdamW and Muon, whose states "
                         f"differ; keep it on (or off) as it was, or start a new --out_dir")
     return model_args, changes
+
+
+def lora_settings(config):
+    """The LoRA adapters that train.py's settings ask for: rank, alpha, dropout and targets."""
+    return {"rank": config["lora_rank"], "alpha": config["lora_alpha"], "dropout": config["lora_dropout"],
+            "targets": list(parse_targets(config["lora_targets"]))}
 
 
 def describe_tokenizer(spec):

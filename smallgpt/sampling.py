@@ -38,10 +38,14 @@ class Penalties:
         """logits (B, V) with every seen token penalised."""
         seen = self.counts[:, :logits.size(-1)]
         logits = logits.float()
-        if self.repetition != 1.0:
+        if self.repetition != 1.0:  # only what is set: this runs for every token drawn
             penalised = torch.where(logits > 0, logits / self.repetition, logits * self.repetition)
             logits = torch.where(seen > 0, penalised, logits)
-        return logits - seen * self.frequency - (seen > 0).float() * self.presence
+        if self.frequency:
+            logits = logits - seen * self.frequency
+        if self.presence:
+            logits = logits - (seen > 0) * self.presence
+        return logits
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=0.0):
