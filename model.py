@@ -244,10 +244,9 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)  # (T, C) position embeddings, broadcast over the batch
         if self.training:
             x = self.transformer.drop(x)
-        # recomputed in the backward pass, the blocks replay the random number generators: the same dropout masks
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
-            if recompute:
+            if recompute:  # in the backward pass, replaying the random number generators: the same dropout masks
                 x = torch.utils.checkpoint.checkpoint(block, x, rotation, use_reentrant=False)
             else:
                 x = block(x, rotation, cache)
