@@ -283,7 +283,8 @@ def save_training(path, model, optimizer, scaler, fsdp, device, master_process, 
 def restore_training(checkpoint, model, optimizer, scaler, rank, device, fsdp):
     """A resumed run's optimizer state (its settings stay this run's), gradient scaler and RNG states."""
     load_training_state(model, optimizer, checkpoint["optimizer"], fsdp)
-    scaler.load_state_dict(checkpoint["scaler"])
+    if checkpoint["scaler"]:  # empty from a run without float16, whose resume in float16 starts a new scaler
+        scaler.load_state_dict(checkpoint["scaler"])
     restore_rng_states(checkpoint, rank, device)
 
 

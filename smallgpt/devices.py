@@ -126,10 +126,13 @@ def peak_flops(device, dtype):
     if device_type == "mps":
         return 10e12  # roughly an M-series GPU's fp32 peak
     a = torch.full((1024, 1024), 0.5, dtype=getattr(torch, dtype))  # not random: the RNG state belongs to training
-    best = 0.0
-    for _ in range(8):  # the first products run slow while the cores wake up
+    best, start = 0.0, time.perf_counter()
+    # the best of up to 32 products (the first run slow while the cores wake up), for half a second at most: where
+    # a dtype has no fast kernels (bfloat16 or float16 on many CPUs), one product takes seconds
+    for _ in range(32):
         t = time.perf_counter()
-        for _ in range(4):
-            a @ a
-        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - t))
+        a @ a
+        best = max(best, 2 * 1024**3 / (time.perf_counter() - t))
+        if time.perf_counter() - start > 0.5:
+            break
     return best

@@ -59,6 +59,8 @@ def continuation_losses(model, pairs, autocast, batch_tokens=8192, fsdp=False):
     results = [None] * len(pairs)
     was_training = model.training
     model.eval()
+    if fsdp:  # FSDP gathers the weights outside the blocks (embeddings, head) in the model's forward alone
+        model.unshard()
     for k in range(int(n_passes)):
         rows = [windows[i] for i in batches[k]] if k < len(batches) else [([0], [-1])]  # a pass for FSDP alone
         T = max(1, *(len(x) for x, _ in rows))
@@ -68,12 +70,8 @@ def continuation_losses(model, pairs, autocast, batch_tokens=8192, fsdp=False):
             x[r, :len(inputs)], y[r, :len(targets)] = torch.tensor(inputs), torch.tensor(targets)
         x, y = x.to(device), y.to(device)
         scored = y != -1  # (B, T)
-        with autocast:
-            if fsdp:  # FSDP gathers the weights of the whole model in its forward pass alone
-                logits, _ = model(x, y)
-                logits = logits[scored]
-            else:  # the logits of the scored positions only: most of each row is context
-                logits = model.lm_head(model.hidden_states(x)[scored])  # (N, vocab_size)
+        with autocast:  # the logits of the scored positions only: most of each row is context
+            logits = model.lm_head(model.hidden_states(x)[scored])  # (N, vocab_size)
             losses = F.cross_entropy(logits.float(), y[scored], reduction="none")  # (N,)
         row = scored.nonzero()[:, 0]  # the row of each scored position
         loss_sums = torch.zeros(len(rows), device=device).index_add_(0, row, losses).tolist()
@@ -82,5 +80,7 @@ def continuation_losses(model, pairs, autocast, batch_tokens=8192, fsdp=False):
         n_tokens = scored.sum(1).tolist()
         for r, i in enumerate(batches[k] if k < len(batches) else []):
             results[i] = (loss_sums[r], n_tokens[r], greedy[r])
+    if fsdp:
+        model.reshard()
     model.train(was_training)
     return results

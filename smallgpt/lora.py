@@ -61,8 +61,9 @@ def adapter_forward(linear, inputs, output):
     """nn.Linear's output plus its adapter's low-rank update."""
     x = linear.lora_dropout(inputs[0]) if linear.training else inputs[0]
     low = (x @ linear.lora_A.t()).flatten(0, -2)  # (tokens, rank)
-    # added in place: no (tokens, out) product beside the output (which nn.Linear's backward does not need)
-    output.flatten(0, -2).addmm_(low, linear.lora_B.t(), alpha=linear.lora_scale)
+    # added in place: no (tokens, out) product beside the output (which nn.Linear's backward does not need); an
+    # in-place product is beyond autocast's reach, so it takes the output's dtype (bfloat16 or float16) by hand
+    output.flatten(0, -2).addmm_(low.to(output.dtype), linear.lora_B.t().to(output.dtype), alpha=linear.lora_scale)
     return output
 
 

@@ -1,7 +1,7 @@
 """
 What a training run records: out_dir/metrics.jsonl, one JSON object per logged iteration ("kind": "iter") and
-per evaluation ("kind": "eval"); out_dir/loss.png, drawn from them at every evaluation; and, if asked, the
-evaluations in Weights & Biases.
+per evaluation ("kind": "eval"); out_dir/loss.png, drawn from them at evaluations (every 10 s at most) and at the
+end; and, if asked, the evaluations in Weights & Biases.
 
     python -m smallgpt.metrics out/metrics.jsonl    # draw loss.png beside a metrics.jsonl, e.g. of a finished run
 
@@ -20,6 +20,10 @@ import time
 from smallgpt.errors import UserError, report_user_errors
 from smallgpt.files import replaced_atomically
 
+# loss.png is redrawn at an evaluation once this many seconds have passed since it last was (a drawing takes a tenth
+# of a second or more, which runs that evaluate often, as tune.py's trials do, would spend again and again)
+PLOT_SECONDS = 10
+
 
 class MetricsLog:
 
@@ -32,7 +36,8 @@ class MetricsLog:
                                                  os.path.join(out_dir, "loss.png"), title)
         self.records = read_metrics(self.path, before=resumed_at) if resumed_at is not None else []
         self.elapsed_before = self.records[-1]["elapsed"] if self.records else 0.0
-        self.start = time.time()
+        self.start = self.drawn_at = time.time()
+        self.drawn = len(self.records)  # the records in loss.png
         with replaced_atomically(self.path, what="metrics") as [tmp], open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.records)
         self.file = open(self.path, "a", encoding="utf-8")
@@ -46,7 +51,7 @@ class MetricsLog:
             self.wandb = wandb.init(project=project, name=name, config=config)
 
     def log(self, **record):
-        """Append a record, less the fields that are None; an evaluation's also redraws the plot and goes to wandb."""
+        """Append a record, less the fields that are None; an evaluation's also goes to wandb, and to the plot."""
         record = {key: value for key, value in record.items() if value is not None}
         record["elapsed"] = round(self.elapsed_before + time.time() - self.start, 3)
         self.records.append(record)
@@ -57,7 +62,8 @@ class MetricsLog:
             raise UserError(f"could not write {self.path}: {e.strerror}; the last checkpoint is as it was saved")
         if record["kind"] != "eval":
             return
-        plot_losses(self.records, self.plot_path, self.title)
+        if time.time() - self.drawn_at >= PLOT_SECONDS:
+            self.draw()
         if self.wandb:
             mfu = next((r["mfu"] for r in reversed(self.records) if r["kind"] == "iter"), 0.0)
             self.wandb.log({"iter": record["iter"], "train/loss": record["train_loss"], "val/loss": record["val_loss"],
@@ -65,7 +71,15 @@ class MetricsLog:
                             "mfu": mfu * 100, **({"hellaswag/acc_norm": record["hellaswag_acc_norm"]}
                                                  if "hellaswag_acc_norm" in record else {})})
 
+    def draw(self):
+        """loss.png from every record so far."""
+        plot_losses(self.records, self.plot_path, self.title)
+        self.drawn, self.drawn_at = len(self.records), time.time()
+
     def close(self):
+        """The last records into loss.png too, and the files closed."""
+        if len(self.records) > self.drawn:
+            self.draw()
         self.file.close()
         if self.wandb:
             self.wandb.finish()

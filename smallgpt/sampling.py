@@ -2,7 +2,8 @@
 How the next token is drawn from a model's logits, for model.py's generate_stream (sample.py, the harness): the
 temperature, top-k, top-p and min-p, and penalties against a sample that loops, over the tokens the model sees.
 
-- sample_next(logits, temperature, top_k, top_p, min_p): one token per row.
+- sample_next(logits, temperature, top_k, top_p, min_p): one token per row, drawn from next_token_probs (in
+  float32 whatever the model's dtype, so that no setting turns into NaN).
 - Penalties: the count of each token in each row's context, kept up to date as tokens are drawn, and the logits
   penalised by them: repetition_penalty as Hugging Face's generate (a seen token's logit divided by it where
   positive, multiplied where negative), frequency_penalty and presence_penalty as OpenAI's API (the count times
@@ -14,12 +15,16 @@ temperature, top-k, top-p and min-p, and penalties against a sample that loops, 
 import torch
 import torch.nn.functional as F
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
 
 class Penalties:
     """Each row's token counts over its context (B, vocab_size), and the logits penalised by them."""
 
     def __init__(self, repetition=1.0, frequency=0.0, presence=0.0):
-        self.repetition, self.frequency, self.presence = repetition, frequency, presence
+        # settings beyond float32's range would be inf in the logits' arithmetic, and an unseen token's 0 * inf NaN
+        self.repetition, self.frequency, self.presence = (max(-FLOAT32_MAX, min(value, FLOAT32_MAX))
+                                                          for value in (repetition, frequency, presence))
         self.counts = None
 
     def __bool__(self):  # off: sampling is exactly as without them
@@ -45,13 +50,29 @@ class Penalties:
             logits = logits - seen * self.frequency
         if self.presence:
             logits = logits - (seen > 0) * self.presence
-        return logits
+        # a penalty can still push a logit past float32's range: kept finite, so that sampling never meets inf - inf
+        return logits.clamp(-FLOAT32_MAX, FLOAT32_MAX)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=0.0):
     """Draw one token per row from logits (B, vocab_size): temperature, then top-k, top-p (nucleus) and min-p."""
-    logits = logits / temperature
-    candidates = None  # the token id of each column of logits, once top-k or top-p has sorted them
+    probs, candidates = next_token_probs(logits, temperature, top_k, top_p, min_p)
+    # The column whose probability over an exponential random number is largest is a draw from probs (the
+    # exponential race, which torch.multinomial uses inside too, without its checks that cost more than the draw)
+    column = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1, keepdim=True)  # (B, 1)
+    return column if candidates is None else candidates.gather(-1, column)
+
+
+def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None, min_p=0.0):
+    """
+    (probs, candidates): the distribution that sample_next draws from, over the columns of logits (B, vocab_size),
+    or over candidates (B, n), the token ids of its columns, once top-k or top-p has sorted them (else None).
+    """
+    # In float32 whatever the model's dtype, the largest logit shifted to 0 first: a temperature so small that the
+    # logits over it would overflow leaves the largest alone, greedy, instead of turning every probability into NaN
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    candidates = None
     if top_k is not None and top_k < logits.size(-1):
         logits, candidates = torch.topk(logits, top_k)  # (B, top_k) each, the most likely first
     if top_p is not None and top_p < 1.0:
@@ -64,10 +85,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=0.0):
     probs = F.softmax(logits, dim=-1)
     if min_p > 0.0:  # keep the tokens at least min_p times as likely as the most likely one
         probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
-    # The column whose probability over an exponential random number is largest is a draw from probs (the
-    # exponential race, which torch.multinomial uses inside too, without its checks that cost more than the draw)
-    column = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1, keepdim=True)  # (B, 1)
-    return column if candidates is None else candidates.gather(-1, column)
+    return probs, candidates
 
 
 def repeated_shares(texts, token_lists, min_line=20, n=4):

@@ -20,11 +20,19 @@ from pathlib import Path
 
 import pytest
 import torch
+# imported once here for the scripts that tests fork, which would each spend a second or so importing them: every
+# optimizer imports dynamo, compile=True inductor
+import torch._dynamo  # noqa: F401
+import torch._inductor.compile_fx  # noqa: F401
+import torch.distributed as dist
 
 import prepare
 from smallgpt.configurator import configure, ranges_in, script_settings
 from smallgpt.errors import UserError
+from smallgpt.metrics import pyplot
 from smallgpt.tune_trials import run_as_main
+
+pyplot()  # imported once here too: train.py draws with it
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -37,9 +45,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if TIKTOKEN_CACHE.is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 # Under pytest -n, one test runs per core: a thread each (for this process and the scripts it starts) keeps them
-# from fighting over the cores
+# from fighting over the cores, which slows small products tenfold (torch read OMP_NUM_THREADS as it was imported)
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} is missing")
 needs_gpt2_bpe = pytest.mark.skipif("TIKTOKEN_CACHE_DIR" not in os.environ,
@@ -63,25 +72,53 @@ def run_script(script, *args, cwd, env=None, max_file_size=None):
     if env:
         return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True,
                               env={**os.environ, **env}, timeout=600, preexec_fn=limit if max_file_size else None)
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child never returns into pytest
-            code = 1
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                os.chdir(cwd)
-                signal.alarm(600)  # a script that hangs is killed, as subprocess.run's timeout would
-                if max_file_size:
-                    limit()
-                torch.set_num_threads(1)  # a fork may not use the thread pool of a process that used it before
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                code = run_as_main(argv)
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
+    return finish_fork(argv, *start_fork(argv, cwd, preexec=limit if max_file_size else None))
+
+
+def run_ranks(script, *args, cwd, nproc=2):
+    """
+    Run one of the project's scripts as `torchrun --nproc_per_node=nproc script.py args...` runs it: nproc forks of
+    this process, each with torchrun's environment, meeting at a store that this process holds as torchrun's agent
+    does (its port chosen by the system, so that tests running side by side never collide). A CompletedProcess for
+    each rank.
+    """
+    argv = [str(ROOT / script), *map(str, args)]
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    environment = dict(WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
+    forks = [start_fork(argv, cwd, {**environment, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+             for rank in range(nproc)]
+    return [finish_fork(argv, *fork) for fork in forks]
+
+
+def start_fork(argv, cwd, environment=None, preexec=None):
+    """(pid, stdout file, stderr file) of a fork of this process that runs argv's script in cwd with environment."""
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        code = 1
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            os.chdir(cwd)
+            os.environ.update(environment or {})
+            signal.alarm(600)  # a script that hangs is killed, as subprocess.run's timeout would
+            if preexec:
+                preexec()
+            torch.set_num_threads(1)  # a fork may not use the thread pool of a process that used it before
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            code = run_as_main(argv)
+        finally:
+            os._exit(code)
+    return pid, out, err
+
+
+def finish_fork(argv, pid, out, err):
+    """The CompletedProcess of start_fork's process, once it has ended."""
+    _, status = os.waitpid(pid, 0)
+    with out, err:
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), out.read(), err.read())
@@ -125,10 +162,10 @@ def script_error(script, *args, cwd):
     The message of the UserError that one of the scripts stops with when run in this process, in cwd, as `python
     script.py args...`: for the checks that need no more than the error itself (tests of each script check once, by
     running it, that such an error reaches the user as one line). The signal handlers, the excepthook and torch's
-    random state and matmul precision are put back after.
+    random state, matmul precision and oneDNN switch are put back after.
     """
     saved = (sys.argv, sys.excepthook, torch.get_rng_state(), torch.get_float32_matmul_precision(),
-             signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+             signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), torch.backends.mkldnn.enabled)
     sys.argv = [str(ROOT / script), *map(str, args)]
     try:
         with inside(cwd), pytest.raises(UserError) as error:
@@ -139,6 +176,7 @@ def script_error(script, *args, cwd):
         torch.set_float32_matmul_precision(saved[3])
         signal.signal(signal.SIGINT, saved[4])
         signal.signal(signal.SIGTERM, saved[5])
+        torch.backends.mkldnn.enabled = saved[6]  # sample.py turns it off; bfloat16 is slow without it
     return str(error.value)
 
 

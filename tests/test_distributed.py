@@ -1,4 +1,7 @@
-"""Scaling out on CPU: torchrun with DDP and FSDP2 over gloo trains the same model as one process; torch.compile."""
+"""
+Scaling out on CPU: DDP and FSDP2 over gloo train the same model as one process, under torchrun itself or as it
+starts the processes (run_ranks); tests/test_matrix.py runs every feature under both, in every precision.
+"""
 
 import os
 import subprocess
@@ -7,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_clean_error, parse_losses, run_script
+from conftest import ROOT, TINY, assert_clean_error, parse_losses, run_ranks, run_script
 
 COMMON = [*TINY, "--log_interval=1", "--lr_decay_iters=24", "--eval_interval=8"]
 
@@ -38,6 +41,15 @@ MUON = ["--muon_learning_rate=0.02", "--rotary=True", "--qk_norm=True"]
 MEMORY = ["--activation_checkpointing=True", "--chunked_loss=True"]
 
 
+def ranks(cwd, *args):
+    """rank 0's CompletedProcess of train.py run as torchrun runs it over two processes (forks of this one)."""
+    results = run_ranks("train.py", *COMMON, *args, cwd=cwd)
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    assert not results[1].stdout  # rank 0 alone logs
+    return results[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, accumulation, options", [("ddp", 2, []), ("fsdp", 2, []), ("ddp", 1, []),
                                                          ("ddp", 2, MUON), ("ddp", 2, MEMORY), ("fsdp", 2, MEMORY)])
@@ -48,9 +60,8 @@ def test_two_processes_train_the_same_model_as_one(char_data, mode, accumulation
     """
     args = ["--max_iters=8", f"--gradient_accumulation_steps={accumulation}", *options]
     one = parse_losses(single(char_data, *args, "--out_dir=one").stdout)
-    result = torchrun(char_data, *args, f"--out_dir={mode}", f"--fsdp={mode == 'fsdp'}")
-    assert result.returncode == 0, result.stderr
-    assert "2 process(es)" in result.stdout and result.stdout.count("step 8:") == 1  # rank 0 alone logs
+    result = ranks(char_data, *args, f"--out_dir={mode}", f"--fsdp={mode == 'fsdp'}")
+    assert "2 process(es)" in result.stdout and result.stdout.count("step 8:") == 1
     two = parse_losses(result.stdout)
     for it in range(8):  # the logged loss is the mean over the whole global batch
         assert two[0][it] == pytest.approx(one[0][it], abs=2e-4)
@@ -105,22 +116,7 @@ def test_lora_trains_the_same_adapters_under_torchrun(char_data, layout):
     lora = ["--max_iters=6", "--init_from=base/ckpt.pt", "--lora_rank=4", "--learning_rate=1e-2",
             "--gradient_accumulation_steps=2", *MEMORY]
     one = parse_losses(single(char_data, *lora, "--out_dir=one").stdout)
-    result = torchrun(char_data, *lora, "--out_dir=two", layout)
-    assert result.returncode == 0, result.stderr
-    two = parse_losses(result.stdout)
+    two = parse_losses(ranks(char_data, *lora, "--out_dir=two", layout).stdout)
     assert all(two[0][it] == pytest.approx(one[0][it], abs=2e-4) for it in range(6))
     adapters = weights(char_data / "two")
     assert all("lora_" in name for name in adapters) and max_difference(weights(char_data / "one"), adapters) < 1e-5
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("options", [[], MEMORY])
-def test_compile_on_cpu(char_data, options):
-    eager = parse_losses(single(char_data, "--max_iters=3", "--out_dir=eager", *options).stdout)
-    result = single(char_data, "--max_iters=3", "--out_dir=compiled", "--compile=True", *options)
-    assert result.stdout.count("compiled: the first evaluation and step took") == 1
-    compiled = parse_losses(result.stdout)
-    for it in range(3):
-        assert compiled[0][it] == pytest.approx(eager[0][it], abs=1e-4)
-    assert not any(name.startswith("_orig_mod.") for name in weights(char_data / "compiled"))
-    assert max_difference(weights(char_data / "eager"), weights(char_data / "compiled")) < 1e-4

@@ -62,6 +62,39 @@ def test_batched_losses_equal_each_pair_scored_alone(options):
         assert greedy == bool((logits[0].argmax(-1) == targets)[targets != -1].all())
 
 
+def scaled_gpt(vocab_size, **options):
+    """A tiny GPT with random weights 10 times the usual size: logits of some units, as a trained model's."""
+    model = tiny_gpt(vocab_size, **options)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+# bfloat16 and float16 autocast, with their units of roundoff: a loss under autocast must be within 8 of them (relative)
+# of float32's, as training's are (tests/test_matrix.py)
+PRECISIONS = [("bfloat16", 2**-8), ("float16", 2**-11)]
+
+
+@pytest.mark.parametrize("options", [{}, {"rotary": True, "qk_norm": True, "attn_scale": 2.0}])
+@pytest.mark.parametrize("dtype, roundoff", PRECISIONS)
+def test_hellaswag_under_autocast_scores_as_float32_does(dtype, roundoff, options):
+    spec = alphabet_spec()
+    model = scaled_gpt(spec["vocab_size"], **options)
+    examples, n = hellaswag_share(read_examples(ROWS), spec)
+    pairs = [pair for ending_pairs, _ in examples for pair in ending_pairs]
+    expected = continuation_losses(model, pairs, NO_AUTOCAST)
+    losses = continuation_losses(model, pairs, mixed_precision("cpu", dtype))
+    for (loss, n_tokens, _), (expected_loss, expected_tokens, _) in zip(losses, expected):
+        assert n_tokens == expected_tokens and loss == pytest.approx(expected_loss, rel=8 * roundoff)
+    # so the same endings are picked, unless two were closer than that
+    for k in range(n):
+        ranked = sorted(expected[4 * k:4 * k + 4])
+        if ranked[1][0] - ranked[0][0] > 16 * roundoff * ranked[1][0]:
+            assert min(losses[4 * k:4 * k + 4]) == losses[expected.index(ranked[0])]
+    assert hellaswag_accuracy(model, (examples, n), mixed_precision("cpu", dtype))["examples"] == 8
+
+
 def test_a_character_model_leaves_out_the_characters_it_has_never_seen():
     encode = lenient_encoder(alphabet_spec())
     assert encode("[42] steps") == encode(" steps")
@@ -269,6 +302,26 @@ def test_the_harness_model_rolls_long_texts_and_generates_up_to_a_stop():
     assert "e" not in generated and len(generated) <= 40
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, roundoff", PRECISIONS)
+def test_the_harness_model_under_autocast_gives_float32s_figures(dtype, roundoff):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from smallgpt.harness import HarnessModel
+    spec = alphabet_spec()
+    model = scaled_gpt(spec["vocab_size"], block_size=16)
+    request = lambda kind, args: Instance(request_type=kind, doc={}, arguments=args, idx=0)
+    pairs = [request("loglikelihood", ("The king enters", ending)) for ending in (" the hall", " and sits", " a")]
+    rolling = [request("loglikelihood_rolling", ("The king enters the hall and sits upon his throne.",))]
+    figures = {}
+    for name, autocast in (("float32", NO_AUTOCAST), (dtype, mixed_precision("cpu", dtype))):
+        lm = HarnessModel(model, spec, autocast)
+        figures[name] = [*(loss for loss, _ in lm.loglikelihood(pairs)), *lm.loglikelihood_rolling(rolling)]
+        generated, = lm.generate_until([request("generate_until", ("The king", {"until": ["."], "max_gen_toks": 20}))])
+        assert len(generated) <= 20 and "." not in generated
+    assert figures[dtype] == pytest.approx(figures["float32"], rel=8 * roundoff)
+
+
 # -----------------------------------------------------------------------------
 # eval.py and train.py as a user runs them
 
@@ -306,6 +359,10 @@ def test_eval_scores_a_checkpoint_and_writes_its_results(trained):
     limited = run_ok("eval.py", "--limit=3", f"--hellaswag_file={ROWS}", "--device=cpu", "--results_file=three.json",
                      cwd=folder)
     assert "(3 examples)" in limited and json.loads((folder / "three.json").read_text())["results"]
+    # in bfloat16, as on a GPU: the same figures, but for an example whose best endings were near a tie
+    run_ok("eval.py", f"--hellaswag_file={ROWS}", "--dtype=bfloat16", "--results_file=bf16.json", cwd=folder)
+    bf16 = json.loads((folder / "bf16.json").read_text())["results"]["hellaswag"]
+    assert bf16 == pytest.approx(figures, abs=1 / 8) and bf16["examples"] == 8
     assert_clean_error(run_script("eval.py", "--hellaswag_file=none.jsonl", cwd=folder),
                        "HellaSwag file 'none.jsonl' not found")
 
@@ -328,13 +385,13 @@ def test_eval_runs_harness_tasks_through_our_model(trained, task_folder):
     pytest.importorskip("lm_eval")
     folder, _ = trained
     result = run_script("eval.py", "--tasks=hellaswag,rows", f"--harness_include={task_folder}",
-                        f"--hellaswag_file={ROWS}", cwd=folder, env={"HF_DATASETS_OFFLINE": "1"})
+                        f"--hellaswag_file={ROWS}", "--dtype=float16", cwd=folder, env={"HF_DATASETS_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     rows = next(line for line in result.stdout.splitlines() if line.startswith("rows: "))
     assert rows.startswith("rows: acc 0.") and "(8 examples" in rows
     results = json.loads((folder / "out" / "eval.json").read_text())["results"]
     assert set(results) == {"hellaswag", "rows"}
-    # the same endings picked, so the same acc, by both ways of scoring
+    # the same endings picked, so the same acc, by both ways of scoring (in float16 here)
     assert results["rows"]["acc"] == results["hellaswag"]["acc"]
 
 

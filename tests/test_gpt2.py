@@ -231,9 +231,10 @@ def test_missing_packages_say_how_to_install_them(monkeypatch, gpt2_folder, tmp_
 @needs_gpt2_bpe
 def test_finetune_config_on_a_folder_then_resume_export_and_evaluate(gpt2_data, gpt2_folder):
     # GPT-2's vocabulary makes even this tiny model slow to train: few and short sequences, and a high learning rate
+    # in float16 with the gradient scaler, as on an older GPU: exported, the weights evaluate as they did
     args = [ROOT / "config" / "finetune_shakespeare.py", f"--init_from={gpt2_folder}", "--device=cpu", "--batch_size=4",
             "--block_size=16", "--gradient_accumulation_steps=1", "--eval_iters=2", "--eval_interval=3",
-            "--learning_rate=1e-2", "--dropout=0.1", "--always_save_checkpoint=True"]
+            "--learning_rate=1e-2", "--dropout=0.1", "--always_save_checkpoint=True", "--dtype=float16"]
     result = run_script("train.py", *args, "--max_iters=6", cwd=gpt2_data)
     assert result.returncode == 0, result.stderr
     assert (f"initializing from {gpt2_folder}: n_layer=2, n_head=2, n_embd=32, vocab_size=50257, "
@@ -266,7 +267,7 @@ def test_finetune_config_on_a_folder_then_resume_export_and_evaluate(gpt2_data, 
     # the eval config on the exported folder: the same batches, so the same losses as the checkpoint's last eval
     result = run_script("train.py", ROOT / "config" / "eval_gpt2.py", "--init_from=out/hf", "--device=cpu",
                         "--dataset=shakespeare", "--block_size=16", "--batch_size=4", "--eval_iters=2",
-                        "--out_dir=eval", cwd=gpt2_data)
+                        "--out_dir=eval", "--dtype=float16", cwd=gpt2_data)
     assert result.returncode == 0, result.stderr
     assert last_eval.replace("step 7:", "step 0:") in result.stdout.splitlines()
     assert not (gpt2_data / "eval" / "ckpt.pt").exists()

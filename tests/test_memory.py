@@ -199,9 +199,10 @@ def test_lora_from_a_hugging_face_folder_exports_merged_weights_that_transformer
                                  ).save_pretrained(base)
     (tmp_path / "text.txt").write_text(sample_text(20_000), encoding="utf-8")
     prepare_in(tmp_path, "--input=text.txt", "--tokenizer=gpt2", "--dataset=shakespeare")
+    # trained in bfloat16, as on a GPU: the adapters are float32, as every weight, and so are the exported weights
     trained = run_ok("train.py", "--dataset=shakespeare", f"--init_from={base}", "--lora_rank=4", "--max_iters=4",
                      "--learning_rate=1e-2", "--eval_interval=4", "--eval_iters=2", "--batch_size=4", "--block_size=32",
-                     "--device=cpu", cwd=tmp_path)
+                     "--device=cpu", "--dtype=bfloat16", cwd=tmp_path)
     assert f"initializing from {base}" in trained and "of them train, with AdamW alone" in trained
     model, _ = load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))
     run_ok("export.py", cwd=tmp_path)

@@ -5,13 +5,15 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import (RunsCode, TINY, inside, needs_gpt2_bpe, prepare_in, run_ok, run_script,
                       sample_text, script_error, user_error)
 from smallgpt.checkpoint import load_checkpoint
 from model import GPT, GPTConfig
 from smallgpt.files import read_text
-from smallgpt.sampling import Penalties, repeated_shares, sample_next
+from smallgpt.devices import mixed_precision
+from smallgpt.sampling import Penalties, next_token_probs, repeated_shares, sample_next
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,20 @@ def test_prompt_from_a_file_and_sampling_options(trained):
     greedy = sample(trained, "--start=A", "--num_samples=2", "--max_new_tokens=30", "--top_k=1")
     first, second, _ = greedy.split("---------------\n")
     assert first == second  # top_k=1 is greedy: nothing left to chance
+
+
+@pytest.mark.slow
+def test_sample_py_in_float16_and_bfloat16(trained):
+    """A temperature too small for float16's logits samples greedily; bfloat16 takes every setting at once."""
+    args = ["--start=ROMEO:", "--num_samples=1", "--max_new_tokens=40", "--dtype=float16"]
+    greedy = sample(trained, *args, "--top_k=1")
+    assert sample(trained, *args, "--temperature=1e-5") == greedy
+    assert greedy.split("---")[0][len("ROMEO:"):].replace("\n", "")  # not token 0, the newline, alone
+    out = sample(trained, "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=40", "--dtype=bfloat16", "--top_k=20",
+                 "--top_p=0.9", "--min_p=0.05", "--temperature=0.9", "--repetition_penalty=1.3",
+                 "--frequency_penalty=0.1", "--presence_penalty=0.2")
+    samples = out.split("---------------\n")
+    assert len(samples) == 3 and all(text.startswith("ROMEO:") and len(text) == 47 for text in samples[:2])
 
 
 @pytest.mark.slow
@@ -182,3 +198,71 @@ def test_the_repetition_measure_counts_repeated_lines_and_four_grams():
     lines, grams = repeated_shares([text, "one line that is long enough alone"], [[1, 2, 3, 4, 1, 2, 3, 4], [5, 6]])
     assert lines == pytest.approx(1 / 4)  # 4 lines of 20 characters or more, one of them seen before
     assert grams == pytest.approx(1 / 5)  # 5 4-grams in the first sample, the last one seen before
+
+
+# -----------------------------------------------------------------------------
+# sampling in bfloat16 and float16, as on a GPU: the model's logits come rounded, all that follows them is float32
+
+SETTINGS = [dict(temperature=0.7), dict(top_k=3), dict(top_p=0.8), dict(min_p=0.2), dict(temperature=1e-30),
+            dict(temperature=1e30, top_k=5, top_p=0.5, min_p=0.1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_sampling_computes_in_float32_whatever_the_logits_dtype(dtype, settings):
+    torch.manual_seed(0)
+    logits = (torch.randn(8, 65) * 4).to(dtype)  # (B, vocab_size), as the model gives them under autocast
+    probs, candidates = next_token_probs(logits, **settings)
+    expected, expected_candidates = next_token_probs(logits.float(), **settings)
+    assert probs.dtype == torch.float32 and torch.equal(probs, expected)
+    assert candidates is expected_candidates is None or torch.equal(candidates, expected_candidates)
+    assert torch.isfinite(probs).all() and (probs.sum(-1) > 0).all()  # min_p leaves them unnormalized
+
+
+@pytest.mark.parametrize("dtype, temperature", [(torch.float16, 1e-5), (torch.bfloat16, 1e-30), (torch.float32, 1e-39),
+                                                (torch.float32, 1e-45)])
+def test_a_temperature_too_small_for_the_logits_draws_the_most_likely_token(dtype, temperature):
+    """logits / temperature would overflow: every probability NaN, and token 0 drawn whatever the logits."""
+    torch.manual_seed(0)
+    logits = (torch.randn(16, 65) * 4).to(dtype)
+    for settings in [{}, dict(top_k=5), dict(top_p=0.9, min_p=0.1)]:
+        drawn = sample_next(logits, temperature, **settings)
+        assert torch.equal(drawn[:, 0], logits.float().argmax(-1)), settings
+
+
+@pytest.mark.parametrize("repetition, frequency, presence", [(1e-300, 0.0, 0.0), (1e300, 0.0, 0.0), (1.0, 1e308, 0.0),
+                                                             (1.0, -1e308, 0.0), (1.0, 0.0, 1e39), (1.5, 0.0, -1e39)])
+def test_no_penalty_the_ranges_accept_turns_sampling_into_nan(repetition, frequency, presence):
+    torch.manual_seed(0)
+    penalties = Penalties(repetition, frequency, presence)
+    logits = (torch.randn(4, 65) * 4).to(torch.float16)
+    # two rows that have seen every token, two some of them
+    penalties.restart(torch.cat([torch.arange(65)[None].repeat(2, 1), torch.randint(65, (2, 65))]), 65)
+    for temperature in (1e-30, 0.8, 1e30):
+        probs, _ = next_token_probs(penalties(logits), temperature, top_p=0.9, min_p=0.1)
+        assert torch.isfinite(probs).all() and (probs.sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("dtype, units", [("bfloat16", 2**-8), ("float16", 2**-11)])
+def test_generation_under_autocast_draws_from_float32s_distribution(dtype, units):
+    """
+    The next-token distribution at every position of a sequence, under autocast and in float32: their total
+    variation distance stays within 4 units of the precision's roundoff times the largest logit (autocast rounds the
+    logits, and the activations before them, by about a unit each, and a softmax moves by no more than its logits
+    do). Every setting draws valid tokens.
+    """
+    model = looping_model()
+    idx = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 3, 1]])
+    autocast = mixed_precision("cpu", dtype)
+    with torch.no_grad():
+        expected = F.softmax(model(idx, idx)[0][0].float(), dim=-1)  # (T, vocab_size), float32
+        with autocast:
+            logits = model(idx, idx)[0][0]
+        assert logits.dtype == getattr(torch, dtype)
+        distance = (F.softmax(logits.float(), dim=-1) - expected).abs().sum(-1).max() / 2
+        assert distance <= 4 * units * logits.float().abs().max(), distance
+        for settings in SETTINGS + [dict(penalties=Penalties(1.3, 0.1, 0.5))]:
+            torch.manual_seed(1)
+            with autocast:
+                tokens = model.generate(idx[:, :3], 40, **settings)
+            assert tokens.shape == (1, 43) and 0 <= tokens.min() and tokens.max() < 10, settings
