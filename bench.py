@@ -2,11 +2,12 @@
 Measure this repository beside the repositories people use today, on this machine, each figure beside a baseline
 measured in the same run, so that a machine whose speed drifts (a shared cloud CPU) is compared with itself: speed
 and memory (smallgpt/bench_speed.py, bench_prepare.py, bench_memory.py) and quality, val bits per byte for the
-time taken (smallgpt/bench_quality.py). Each part's docstring there says what it measures.
+time taken (smallgpt/bench_quality.py) and a chat task's exact match (smallgpt/bench_chat.py). Each part's docstring
+there says what it measures.
 
     python prepare.py && python bench.py      # train, recipe, sample and prepare: about 20 minutes on 2 cores
     python bench.py --part=train              # one part: train, sample, eval, prepare, memory (speed); recipe,
-                                              # tokenizers, ablation, tune, finetune (quality)
+                                              # tokenizers, ablation, tune, finetune, chat (quality)
     python bench.py --part=recipe --recipe_repeats=3
     python bench.py --part=tune --recipe_repeats=3  # a search of an hour, then its best settings against the recipe
     python bench.py --part=recipe --device=cuda   # the GPU recipe against nanoGPT's GPU command
@@ -26,6 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
+from smallgpt.bench_chat import bench_chat
 from smallgpt.bench_memory import bench_memory
 from smallgpt.bench_prepare import bench_prepare
 from smallgpt.bench_quality import (RECIPE_NAME, bench_ablation, bench_finetune, bench_recipe, bench_tokenizers,
@@ -37,7 +39,7 @@ from smallgpt.errors import UserError
 
 # -----------------------------------------------------------------------------
 # 'all': train, recipe, sample and prepare
-part = "all"  # one of all, train, recipe, sample, prepare, tokenizers, ablation, eval, tune, memory, finetune
+part = "all"  # one of all, train, recipe, sample, prepare, tokenizers, ablation, eval, tune, memory, finetune, chat
 # the train part's model and batch: nanoGPT's CPU command
 n_layer = 4  # [1, inf)
 n_head = 4  # [1, inf)
@@ -83,7 +85,7 @@ def machine():
 
 print(f"# bench.py on {machine()}; torch {torch.__version__}, device {device}, dtype {dtype}")
 with tempfile.TemporaryDirectory() as tmp:
-    work_dir = working_folder(tmp) if part in ("all", "recipe", "tokenizers", "ablation", "tune") else None
+    work_dir = working_folder(tmp) if part in ("all", "recipe", "tokenizers", "ablation", "tune", "chat") else None
     if part in ("all", "train"):
         bench_train(opts)
     if part in ("all", "recipe"):
@@ -104,3 +106,5 @@ with tempfile.TemporaryDirectory() as tmp:
         bench_memory(opts)
     if part == "finetune":
         bench_finetune(opts, tmp)
+    if part == "chat":
+        bench_chat(opts, work_dir)

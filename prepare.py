@@ -17,6 +17,7 @@ training split alone. The input is streamed, so memory stays flat however large 
 once they are complete.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -29,12 +30,14 @@ import numpy as np
 from tqdm import tqdm
 
 from smallgpt.configurator import configure
+from smallgpt.conversations import MASK_START, MASK_TRAINED, encode_conversations
 from smallgpt.dataset import SPLITS, split_stats
-from smallgpt.documents import batched_documents, document_suffix, is_url, read_documents, split_documents
+from smallgpt.documents import (batched_documents, document_suffix, holds_conversations, is_url, read_documents,
+                                split_documents)
 from smallgpt.errors import UserError
 from smallgpt.files import download, make_dir, open_file, replaced_atomically
-from smallgpt.tokenizer import (GPT2_SPEC, bpe_safe_cut, char_lookup, char_spec, code_points, learn_bpe,
-                                tiktoken_encoding)
+from smallgpt.tokenizer import (GPT2_SPEC, bpe_safe_cut, char_spec, char_table, code_points, learn_bpe,
+                                tiktoken_encoding, tokenizer_of)
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CHUNK_CHARS = 1 << 20  # characters read (or documents encoded) at a time: memory stays at a few tens of MB
@@ -45,12 +48,14 @@ input = ""  # a text, .jsonl or .parquet file, an http(s) URL of one, or hf:NAME
 dataset = ""  # output folder data/DATASET; empty: shakespeare_char / shakespeare / shakespeare_bpe, or the input's name
 tokenizer = "char"  # one of char, gpt2, bpe: a token per character, GPT-2's BPE, or one learned from the text
 vocab_size = 1024  # [1, 65536]: for --tokenizer=bpe: 256 bytes, the merges learned and <|endoftext|>
+tokenizer_from = ""  # a data folder or ckpt.pt: encode with its tokenizer instead, to finetune that model on the input
 val_fraction = 0.1  # (0, 1): kept for validation: the end of a text, or one in every 1/val_fraction documents
 # -----------------------------------------------------------------------------
 
 
 def default_dataset(input, tokenizer):
     """data/ folder name: shakespeare for Tiny Shakespeare, else the input file's stem; _char or _bpe after it."""
+    tokenizer = tokenizer["tokenizer"] if isinstance(tokenizer, dict) else tokenizer
     stem = "shakespeare"
     if input.startswith("hf:"):
         stem = input[len("hf:"):].partition(":")[0].rstrip("/").rpartition("/")[2]  # hf:Skylion007/openwebtext
@@ -191,21 +196,26 @@ def resolve_input(input, out_dir):
 
 
 def encode_text(path, tokenizer, val_fraction, vocab_size):
-    """(tokenizer_spec, stream of (split, ids)) for a text file: its first (1 - val_fraction) characters are train."""
-    n_chars, alphabet = scan(read_chunks(path, "scanning"), want_alphabet=tokenizer == "char")
+    """
+    (tokenizer_spec, stream of (split, ids)) for a text file: its first (1 - val_fraction) characters are train.
+    tokenizer: 'char', 'gpt2' or 'bpe', or the spec of one to encode with (tokenizer_from).
+    """
+    given, kind = (tokenizer, tokenizer["tokenizer"]) if isinstance(tokenizer, dict) else (None, tokenizer)
+    n_chars, alphabet = scan(read_chunks(path, "scanning"), want_alphabet=kind == "char")
     if n_chars == 0:
         raise UserError(f"{path} is empty: there is nothing to train on")
     n_train = int(n_chars * (1 - val_fraction))
     if n_train == 0 or n_train == n_chars:
         raise UserError(f"{path} has only {n_chars} characters, too few to split into train and val "
                         f"with val_fraction={val_fraction}; use a longer text")
-    if tokenizer == "char":
-        tokenizer_spec, table = char_spec(alphabet, path), char_lookup(alphabet)
+    if kind == "char":
+        tokenizer_spec = given or char_spec(alphabet, path)
+        table = char_table(tokenizer_spec, alphabet, path)
         encode_split = lambda texts, start: (table[code_points(text)] for text in texts)
     else:
         pieces = itertools.takewhile(lambda piece: piece[0] == "train", split_chunks(path, n_train, "learning"))
         train_texts = (text for _, text in pieces)
-        tokenizer_spec = GPT2_SPEC if tokenizer == "gpt2" else learn_bpe(train_texts, vocab_size, path)
+        tokenizer_spec = given or (GPT2_SPEC if kind == "gpt2" else learn_bpe(train_texts, vocab_size, path))
         enc = tiktoken_encoding(tokenizer_spec)
         encode_split = lambda texts, start: bpe_encode_stream(texts, enc, os.cpu_count() or 1, path, start)
     pieces = split_chunks(path, n_train)
@@ -216,55 +226,74 @@ def encode_text(path, tokenizer, val_fraction, vocab_size):
 def encode_documents(source, tokenizer, val_fraction, vocab_size):
     """
     (tokenizer_spec, stream of (split, ids)) for documents: whole documents go to train or val (split_documents).
-    The char tokenizer's alphabet and a learned BPE take a first pass over the documents.
+    The char tokenizer's alphabet and a learned BPE take a first pass over the documents. tokenizer as encode_text.
     """
-    if tokenizer == "char":
+    given, kind = (tokenizer, tokenizer["tokenizer"]) if isinstance(tokenizer, dict) else (None, tokenizer)
+    if kind == "char":
         n_chars, alphabet = scan((text + "\n" for text in read_documents(source)), want_alphabet=True)
         if n_chars == 0:
             raise UserError(f"{source} has no documents: there is nothing to train on")
-        tokenizer_spec, table = char_spec(alphabet, source), char_lookup(alphabet)
+        tokenizer_spec = given or char_spec(alphabet, source)
+        table = char_table(tokenizer_spec, alphabet, source)
         documents = split_documents(source, val_fraction)
         return tokenizer_spec, ((split, table[code_points(text + "\n")]) for split, text in documents)
     train_texts = (text for split, text in split_documents(source, val_fraction) if split == "train")
-    tokenizer_spec = GPT2_SPEC if tokenizer == "gpt2" else learn_bpe(train_texts, vocab_size, source)
+    tokenizer_spec = given or (GPT2_SPEC if kind == "gpt2" else learn_bpe(train_texts, vocab_size, source))
     enc = tiktoken_encoding(tokenizer_spec)
     return tokenizer_spec, bpe_encode_documents(split_documents(source, val_fraction), enc, os.cpu_count() or 1, source)
 
 
 def prepare(input, out_dir, tokenizer, val_fraction, vocab_size=vocab_size):
-    """Write out_dir/train.bin, val.bin and meta.json; return meta.json's record of each split."""
+    """
+    Write out_dir/train.bin, val.bin and meta.json; return meta.json's record of each split. tokenizer: 'char',
+    'gpt2' or 'bpe', or the spec of one to encode with (tokenizer_from's).
+    """
     if tokenizer == "bpe" and vocab_size < 257:
         raise UserError(f"vocab_size must be at least 257 for --tokenizer=bpe (256 bytes and <|endoftext|>), "
                         f"got {vocab_size}")
     source = resolve_input(input, out_dir)
     make_dir(out_dir, "the data folder")
     documents = source.startswith("hf:") or document_suffix(source)
-    encode = encode_documents if documents else encode_text
+    chat = documents and holds_conversations(source)  # then a mask of the tokens to train on too (conversations.py)
+    encode = encode_conversations if chat else encode_documents if documents else encode_text
     tokenizer_spec, encoded = encode(source, tokenizer, val_fraction, vocab_size)
-    # all three files are written to temporary ones and moved into place only when all went well, so that a
-    # failure or Ctrl-C never leaves half-written files (or loses the old ones)
-    paths = [os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")]
+    # the files are written to temporary ones and moved into place only when all went well, so that a failure or
+    # Ctrl-C never leaves half-written files (or loses the old ones)
+    names = ["train.bin", "val.bin", *(["train_mask.bin", "val_mask.bin"] if chat else [])]
+    paths = [os.path.join(out_dir, name) for name in [*names, "meta.json"]]
     counts = {split: np.zeros(65536, dtype=np.int64) for split in SPLITS}  # how often each id occurs
-    with replaced_atomically(*paths, what="dataset") as [train_tmp, val_tmp, meta_tmp]:
-        with open(train_tmp, "wb") as train_file, open(val_tmp, "wb") as val_file:
-            files = {"train": train_file, "val": val_file}
-            for split, ids in encoded:
-                files[split].write(ids.tobytes())  # numpy's tofile would not say why a write failed
+    masks = {split: np.zeros(3, dtype=np.int64) for split in SPLITS}  # how often each mask value occurs
+    with replaced_atomically(*paths, what="dataset") as temporary:
+        with contextlib.ExitStack() as stack:
+            files = {name: stack.enter_context(open(tmp, "wb")) for name, tmp in zip(names, temporary)}
+            for split, ids, *mask in encoded:
+                files[f"{split}.bin"].write(ids.tobytes())  # numpy's tofile would not say why a write failed
                 counts[split] += np.bincount(ids, minlength=65536)
+                for m in mask:
+                    files[f"{split}_mask.bin"].write(m.tobytes())
+                    masks[split] += np.bincount(m, minlength=3)
         meta = {**tokenizer_spec, "splits": {split: split_stats(counts[split], tokenizer_spec) for split in SPLITS}}
-        with open(meta_tmp, "w", encoding="utf-8") as f:
+        if chat:
+            for split in SPLITS:
+                meta["splits"][split].update(conversations=int(masks[split][MASK_START]),
+                                             trained=int(masks[split][MASK_TRAINED]))
+        with open(temporary[-1], "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
     return meta["splits"]
 
 
 def main(argv):
     config = configure(globals(), argv)
-    name = config["dataset"] or default_dataset(config["input"], config["tokenizer"])
+    tokenizer = tokenizer_of(config["tokenizer_from"]) if config["tokenizer_from"] else config["tokenizer"]
+    name = config["dataset"] or default_dataset(config["input"], tokenizer)
     out_dir = os.path.join("data", name)
-    splits = prepare(config["input"], out_dir, config["tokenizer"], config["val_fraction"], config["vocab_size"])
-    print(f"train has {splits['train']['tokens']:,} tokens")
-    print(f"val has {splits['val']['tokens']:,} tokens")
-    print(f"wrote {out_dir}/train.bin, val.bin and meta.json")
+    splits = prepare(config["input"], out_dir, tokenizer, config["val_fraction"], config["vocab_size"])
+    for split in SPLITS:
+        stats = splits[split]
+        chat = (f" in {stats['conversations']:,} conversations, {stats['trained']:,} of them trained on (the replies)"
+                if "trained" in stats else "")
+        print(f"{split} has {stats['tokens']:,} tokens{chat}")
+    print(f"wrote {out_dir}/train.bin, val.bin{', their masks' if 'trained' in splits['train'] else ''} and meta.json")
     if name != "shakespeare_char":
         print(f"train on it with: python train.py --dataset={name}")
 

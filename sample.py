@@ -23,7 +23,7 @@ from smallgpt.configurator import configure
 from smallgpt.devices import start_run
 from smallgpt.errors import UserError
 from smallgpt.files import read_text
-from smallgpt.sampling import Penalties
+from smallgpt.sampling import Penalties, ready_to_generate, whole_texts
 from smallgpt.tokenizer import make_codec
 
 # -----------------------------------------------------------------------------
@@ -54,19 +54,9 @@ if not start:
     raise UserError("the prompt is empty: give at least one character with --start=")
 
 device, dtype, autocast, _, _ = start_run(device, dtype, seed)  # smallgpt/devices.py
-device_type = device.split(":")[0]
 
 model, tokenizer_spec = load_model(init_from, out_dir)
-model.eval()
-model.to(device)
-if device_type == "cpu":
-    model.store_weights_transposed()  # MKL's matrix-vector products read it faster
-    if dtype == "float32":
-        # ATen's own GELU rather than oneDNN's, whose fixed cost per call dominates on one token's activations
-        # (bench.py --part=sample measures it); bfloat16 needs oneDNN for its products
-        torch.backends.mkldnn.enabled = False
-if compile:
-    model = torch.compile(model)
+model = ready_to_generate(model, device, dtype, compile)  # on a CPU, laid out as it samples fastest
 
 encode, decode = make_codec(tokenizer_spec)
 try:
@@ -77,16 +67,10 @@ x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T
 
 
 def print_as_generated(tokens):
-    """Print the text of each new token as soon as it is whole, starting with the prompt."""
-    pending = x[0].tolist()  # tokens not printed yet
-    for token in tokens:
-        pending.append(token.item())
-        text = decode(pending)
-        # a character split across BPE tokens decodes as U+FFFD until its last byte arrives
-        if not text.endswith("\ufffd"):
-            print(text, end="", flush=True)
-            pending = []
-    print(decode(pending))
+    """Print the text of each new token as soon as it is whole (smallgpt/sampling.py), starting with the prompt."""
+    for text in whole_texts((token.item() for token in tokens), decode, pending=x[0].tolist()):
+        print(text, end="", flush=True)
+    print()
 
 
 penalties = Penalties(repetition_penalty, frequency_penalty, presence_penalty)

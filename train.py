@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from smallgpt.budget import TimeBudget
 from smallgpt.checkpoint import mark_stopped_early, restore_training, save_training, start_model
 from smallgpt.configurator import configure
-from smallgpt.dataset import check_ids, loss_sums, open_dataset
+from smallgpt.dataset import chat_rows, check_ids, loss_sums, open_dataset
 from smallgpt.devices import end_run, is_master_process, launched_by_torchrun, peak_flops, start_run
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir
@@ -144,8 +144,7 @@ if gradient_accumulation_steps % world_size == 0:
 else:
     micro_steps, micro_batch = gradient_accumulation_steps, batch_size // world_size
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
-if compile is None:
-    compile = device_type == "cuda"
+compile = device_type == "cuda" if compile is None else compile
 if master_process:
     make_dir(out_dir, "out_dir")
     print(f"device {device}, dtype {dtype}, {world_size} process(es){' (FSDP)' if fsdp else ''}, compile {compile}")
@@ -169,10 +168,14 @@ def get_batch(split, n, batch_index):
     path = os.path.join(data_dir, "val.bin" if split == "val" else "train.bin")
     data = np.memmap(path, dtype=np.uint16, mode="r")
     rng = np.random.default_rng([seed, SPLIT_STREAMS[split], batch_index])
-    starts = rng.integers(0, len(data) - block_size, size=n)
-    windows = data[starts[:, None] + np.arange(block_size + 1)]  # (n, T+1)
-    check_ids(windows, path, tokenizer_spec["vocab_size"])  # cheap, and an id beyond would crash the model
-    x, y = torch.from_numpy(windows[:, :-1].astype(np.int64)), torch.from_numpy(windows[:, 1:].astype(np.int64))
+    if "chat" in tokenizer_spec:  # conversations: rows from their starts, targets -1 but the replies' (dataset.py)
+        x, y = chat_rows(data, path.replace(".bin", "_mask.bin"), rng, n, block_size)
+    else:
+        starts = rng.integers(0, len(data) - block_size, size=n)
+        windows = data[starts[:, None] + np.arange(block_size + 1)]  # (n, T+1)
+        x, y = windows[:, :-1].astype(np.int64), windows[:, 1:].astype(np.int64)
+    check_ids(path, tokenizer_spec["vocab_size"], x, y)  # cheap, and an id beyond would crash the model
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
     if device_type == "cuda":
         # pinned memory lets the copy to the GPU run alongside the computation
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -180,13 +183,15 @@ def get_batch(split, n, batch_index):
 
 
 def train_batches(iter_num):
-    """This process's micro-batches, step after step: a slice of the step's global batch each."""
+    """This process's micro-batches, step after step: a slice of the step's global batch each, and the share by
+    which its summed loss counts in the step's: the mean over all the step's tokens trained on."""
     while True:
         global_batch = get_batch("train", gradient_accumulation_steps * batch_size, iter_num)
+        share = world_size / (global_batch[1] != -1).sum().clamp(min=1)  # DDP and FSDP average the gradients
         for micro_step in range(micro_steps):
             first = (rank * micro_steps + micro_step) * micro_batch
             part = slice(first, first + micro_batch)
-            yield global_batch[0][part], global_batch[1][part]
+            yield global_batch[0][part], global_batch[1][part], share
         iter_num += 1
 
 
@@ -237,7 +242,7 @@ def estimate_loss():
     losses, bpb = {}, {}
     model.eval()
     for name, split in (("train", "train_eval"), ("val", "val")):
-        sums = torch.zeros(3, device=device)  # the loss of every token, of those that carry bytes, and their bytes
+        sums = torch.zeros(4, device=device)  # the loss of each token, of those with bytes, their bytes, how many
         # every process runs as many forward passes, which FSDP needs; batches past eval_iters count for nothing
         for k in range(rank, math.ceil(eval_iters / world_size) * world_size, world_size):
             X, Y = get_batch(split, batch_size, k % eval_iters)
@@ -246,8 +251,8 @@ def estimate_loss():
             sums += torch.stack(loss_sums(token_losses.float(), Y, byte_lengths)) * (k < eval_iters)
         if torchrun:
             dist.all_reduce(sums)
-        loss, nats, nbytes = sums.tolist()
-        losses[name], bpb[name] = loss / (eval_iters * batch_size * block_size), nats / math.log(2) / max(nbytes, 1)
+        loss, nats, nbytes, count = sums.tolist()
+        losses[name], bpb[name] = loss / max(count, 1), nats / math.log(2) / max(nbytes, 1)
     model.train()
     return losses, bpb
 
@@ -290,7 +295,7 @@ if master_process and not eval_only:
                          (wandb_project, wandb_run_name, config) if wandb_log else None)
 peak = peak_flops(device, dtype) if master_process else 0.0
 batches = train_batches(iter_num)
-X, Y = next(batches)  # fetch the very first batch
+X, Y, share = next(batches)  # fetch the very first batch
 run_start = t0 = budget.start = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
 stopped_early, running_mfu = False, -1.0  # stopped_early: patience ran out
@@ -333,9 +338,9 @@ while True:
         elif torchrun:
             model.require_backward_grad_sync = micro_step == micro_steps - 1
         with autocast:
-            logits, loss = model(X, Y)
-            loss = loss / micro_steps  # the mean over the micro-batches
-        X, Y = next(batches)  # fetch the next batch while the model works on this one (async on CUDA)
+            logits, loss = model(X, Y, loss_reduction="sum")
+            loss = loss * share  # its part of the mean over the step's trained tokens (all of them, but in chats)
+        X, Y, share = next(batches)  # fetch the next batch while the model works on this one (async on CUDA)
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if grad_clip != 0.0:

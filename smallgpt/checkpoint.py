@@ -29,7 +29,7 @@ from smallgpt.errors import UserError
 from smallgpt.files import replaced_atomically
 from smallgpt.hf_format import check_init_from, check_pretrained_tokenizer, pretrained_tokenizer
 from smallgpt.lora import add_adapters, adapter_state, is_adapter, merge_adapters, parse_targets, weights_checksum
-from smallgpt.tokenizer import GPT2_SPEC
+from smallgpt.tokenizer import GPT2_SPEC, same_tokenizer
 
 # the settings that act on the transformer blocks, which the bigram model (n_layer=0) has none of
 BLOCK_SETTINGS = ("rotary", "qk_norm", "muon_learning_rate", "activation_checkpointing", "chunked_loss")
@@ -182,7 +182,7 @@ def start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropo
     """
     if os.path.isfile(init_from):  # a checkpoint carries its tokenizer
         model, spec = load_checkpoint(init_from, dropout)
-        if spec != tokenizer_spec:
+        if not same_tokenizer(spec, tokenizer_spec):  # a chat template may be new: the ids mean what they meant
             raise UserError(f"{init_from} was trained with another tokenizer ({describe_tokenizer(spec)}) than "
                             f"{data_dir}'s ({describe_tokenizer(tokenizer_spec)}): finetune it on data of its own")
     else:

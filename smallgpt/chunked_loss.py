@@ -5,7 +5,7 @@ for their gradient. Each chunk's logits are made, turned into its loss and, when
 gradients, then dropped; the matrix products are the ones the plain loss does, no recomputation.
 
 - chunked_cross_entropy(x, weight, targets, reduction): F.cross_entropy(x @ weight.T, targets, ignore_index=-1)
-  with reduction "mean" (gradients for x and weight) or "none" (each token's loss), chunk by chunk.
+  with reduction "mean" or "sum" (gradients for x and weight) or "none" (each token's loss), chunk by chunk.
 """
 
 import torch
@@ -17,7 +17,7 @@ CHUNK_LOGITS = 2**25  # logits per chunk (128 MB in float32): the chunk's tokens
 def chunked_cross_entropy(x, weight, targets, reduction="mean"):
     """x (N, C) hidden states, weight (V, C) the head, targets (N,) with -1 for none: the loss, as F.cross_entropy."""
     chunk = max(1, CHUNK_LOGITS // weight.size(0))
-    scored = (targets != -1).sum().clamp(min=1)
+    scored = (targets != -1).sum().clamp(min=1) if reduction == "mean" else 1
     if reduction == "none" or not torch.is_grad_enabled():  # each chunk's logits live only while it is scored
         losses = torch.cat([F.cross_entropy((x[i:i + chunk] @ weight.t()).float(), targets[i:i + chunk],
                                             ignore_index=-1, reduction="none") for i in range(0, x.size(0), chunk)])

@@ -1,22 +1,27 @@
 """
 A prepared data folder, data/DATASET, as prepare.py writes it and train.py reads it: train.bin and val.bin (the
 token ids as raw uint16) and meta.json: the tokenizer spec (see tokenizer.py) and, under "splits", what each
-split holds: its tokens, the UTF-8 bytes of its text, and its largest token id.
+split holds: its tokens, the UTF-8 bytes of its text, and its largest token id. Conversations (their spec has a
+chat template, see conversations.py) have train_mask.bin and val_mask.bin too: a uint8 for each token, which marks
+the first token of each conversation and the replies' tokens, the ones trained on.
 
 - open_dataset: the folder, checked before training starts: meta.json whole, each .bin a whole number of ids
   that matches meta.json, and no id beyond the vocabulary. Each failure is a UserError that names the file and
   the command that makes the folder again.
 - count_ids, split_stats: what meta.json records of a split, from its token ids.
 - check_ids: the ids of a batch, checked against the vocabulary (a .bin may change while a run reads it).
-- loss_sums: a batch's sums for bits per byte of text, which compare tokenizers on one scale.
+- loss_sums: a batch's sums for its loss and bits per byte of text, which compare tokenizers on one scale.
+- chat_rows: a batch of a chat dataset: rows that start at conversations, trained on the replies alone.
 """
 
+import functools
 import json
 import os
 
 import numpy as np
 from tqdm import tqdm
 
+from smallgpt.conversations import MASK_START, MASK_TRAINED
 from smallgpt.errors import UserError
 from smallgpt.files import replaced_atomically
 from smallgpt.tokenizer import token_bytes, tokenizer_problem
@@ -57,6 +62,10 @@ def open_dataset(dataset, block_size):
                     json.dump(meta, f, ensure_ascii=False)
     for split, stats in meta["splits"].items():
         path, n_tokens = paths[f"{split}.bin"], os.path.getsize(paths[f"{split}.bin"]) // 2
+        mask_path = os.path.join(data_dir, f"{split}_mask.bin")  # a chat dataset's: which tokens train
+        if "chat" in tokenizer_spec and (not os.path.isfile(mask_path) or os.path.getsize(mask_path) != n_tokens):
+            raise UserError(f"{mask_path} is missing, or is not one byte for each of {path}'s {n_tokens} tokens: the "
+                            f"files come from different runs of prepare.py; make the folder again with: {remake}")
         if n_tokens != stats["tokens"]:
             raise UserError(f"{path} holds {n_tokens} token ids, but {paths['meta.json']} says {stats['tokens']}: "
                             f"the files come from different runs of prepare.py; make the folder again with: {remake}")
@@ -96,9 +105,9 @@ def split_stats(counts, tokenizer_spec):
             "max_id": int(present[-1]) if len(present) else -1}
 
 
-def check_ids(ids, path, vocab_size):
-    """UserError if ids, read from path, hold one beyond the vocabulary: the file changed after it was checked."""
-    largest = int(ids.max())
+def check_ids(path, vocab_size, *batches):
+    """UserError if batches of ids read from path hold one beyond the vocabulary: the file changed since checked."""
+    largest = max(int(ids.max()) for ids in batches)
     if largest >= vocab_size:
         raise UserError(f"{path} holds token id {largest}, beyond the {vocab_size} ids of its tokenizer: it changed "
                         f"after prepare.py wrote it; make the folder again with python prepare.py")
@@ -106,9 +115,34 @@ def check_ids(ids, path, vocab_size):
 
 def loss_sums(token_losses, targets, byte_lengths):
     """
-    (the loss of every token, the loss of the tokens that carry bytes, their bytes) of a batch, summed, from each
-    token's loss and the UTF-8 length of each token id's text. Bits per byte are the second over ln 2 and the
-    third, as nanochat counts them: <|endoftext|>, which stands for no text, counts in neither.
+    (the loss of every scored token, the loss of those that carry bytes, their bytes, how many were scored) of a
+    batch, summed, from each token's loss and the UTF-8 length of each token id's text; a target of -1 (in a chat
+    dataset, a token that is not a reply's) is not scored. Bits per byte are the second over ln 2 and the third,
+    as nanochat counts them: <|endoftext|>, which stands for no text, counts in neither.
     """
-    nbytes = byte_lengths[targets.view(-1)]
-    return token_losses.sum(), (token_losses * (nbytes > 0)).sum(), nbytes.sum()
+    targets = targets.view(-1)
+    scored = targets != -1
+    nbytes = byte_lengths[targets.clamp(min=0)] * scored
+    return token_losses.sum(), (token_losses * (nbytes > 0)).sum(), nbytes.sum(), scored.sum().float()
+
+
+@functools.lru_cache(maxsize=4)
+def conversation_starts(mask_path):
+    """The position of the first token of each conversation in a chat dataset's split, from its mask."""
+    return np.flatnonzero(np.memmap(mask_path, dtype=np.uint8, mode="r") == MASK_START)
+
+
+def chat_rows(data, mask_path, rng, n, block_size):
+    """
+    (x, y) (n, block_size) int64 of a chat dataset's split: each row from the start of a conversation that rng
+    draws, on through the ones after it (packed, the last cut where the row ends; past the end of the file, padded);
+    y is -1 where the target is not a reply's token, so that only the replies are trained on and scored.
+    """
+    mask = np.memmap(mask_path, dtype=np.uint8, mode="r")
+    starts = conversation_starts(mask_path)
+    positions = starts[rng.integers(0, len(starts), size=n)][:, None] + np.arange(block_size + 1)  # (n, T+1)
+    inside = positions < len(data)
+    positions = np.minimum(positions, len(data) - 1)
+    windows = data[positions].astype(np.int64)
+    targets = np.where(inside & (mask[positions] == MASK_TRAINED), windows, -1)
+    return np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(targets[:, 1:])

@@ -18,9 +18,10 @@ import os
 import torch
 import torch.nn as nn
 
+from smallgpt.conversations import chat_template, jinja_template
 from smallgpt.errors import UserError
 from smallgpt.files import make_dir, read_text, replaced_atomically
-from smallgpt.tokenizer import EOT, GPT2_SPEC, bpe_spec, hf_vocab
+from smallgpt.tokenizer import EOT, GPT2_SPEC, bpe_spec, hf_vocab, same_tokenizer
 
 # OpenAI's GPT-2 models, as the Hugging Face Hub names them
 GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -119,6 +120,11 @@ def pretrained_tokenizer(name_or_path):
     path = os.path.join(name_or_path, "tokenizer.json")
     if not os.path.isfile(path):
         return GPT2_SPEC
+    return with_chat_template(bpe_of(path), os.path.join(name_or_path, "tokenizer_config.json"))
+
+
+def bpe_of(path):
+    """The spec of the BPE of a tokenizer.json: one that export.py wrote, or GPT-2's."""
     vocab = None
     try:
         model = json.loads(read_text(path, "tokenizer file"))["model"]
@@ -128,16 +134,27 @@ def pretrained_tokenizer(name_or_path):
             return spec
     except (ValueError, KeyError, TypeError, UserError):  # not JSON, not a BPE, or not laid out as export.py does
         pass
-    if isinstance(vocab, dict) and len(vocab) == 50257 and vocab.get(EOT) == 50256:
+    # GPT-2's own tokenizer.json has <|endoftext|> in its vocabulary, export.py's adds it after
+    if isinstance(vocab, dict) and len(vocab) in (50256, 50257) and vocab.get(EOT, 50256) == 50256:
         return GPT2_SPEC
     raise UserError(f"{path} is neither a byte-level BPE as export.py writes it nor GPT-2's: no tokenizer here can "
                     f"read or write this model's ids")
 
 
+def with_chat_template(spec, config_path):
+    """spec with the chat template of a tokenizer_config.json's chat_template, where it is the one export.py wrote."""
+    try:
+        jinja = json.loads(read_text(config_path, "tokenizer config")).get("chat_template")
+    except (UserError, ValueError, AttributeError):  # none, or not what export.py writes: no template of ours
+        return spec
+    template = chat_template(spec["tokenizer"])
+    return {**spec, "chat": template} if jinja == jinja_template(template) else spec
+
+
 def check_pretrained_tokenizer(name_or_path, tokenizer_spec, data_dir):
     """UserError unless data_dir's tokenizer_spec is the tokenizer whose ids the pretrained model reads."""
     pretrained = pretrained_tokenizer(name_or_path)
-    if tokenizer_spec == pretrained:
+    if same_tokenizer(tokenizer_spec, pretrained):  # the data may have a chat template too
         return
     if pretrained == GPT2_SPEC:
         raise UserError(f"{name_or_path}'s weights need a dataset tokenized with GPT-2's BPE, but {data_dir} uses the "

@@ -8,6 +8,8 @@ temperature, top-k, top-p and min-p, and penalties against a sample that loops, 
   penalised by them: repetition_penalty as Hugging Face's generate (a seen token's logit divided by it where
   positive, multiplied where negative), frequency_penalty and presence_penalty as OpenAI's API (the count times
   the one, and the other once, taken off a seen token's logit).
+- ready_to_generate(model, device, dtype, compile): a model laid out and switched as generation runs fastest.
+- whole_texts(token_ids, decode): the text of tokens as they are generated, each character once it is whole.
 - repeated_shares(texts, token_lists): how much samples repeat themselves: the share of their lines (of 20 characters or
   more) that repeat an earlier line of the same sample, and the share of their 4-grams of tokens seen before in it.
 """
@@ -86,6 +88,38 @@ def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None, min_p=0.0)
     if min_p > 0.0:  # keep the tokens at least min_p times as likely as the most likely one
         probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
     return probs, candidates
+
+
+def ready_to_generate(model, device, dtype, compile=False):
+    """
+    model (on the CPU) made ready to generate on device (sample.py, chat.py): evaluation mode, moved, on a CPU its
+    weights laid out for MKL's matrix-vector products and ATen's own kernels for float32, and compiled if asked.
+    """
+    model.eval()
+    model.to(device)
+    if device.split(":")[0] == "cpu":
+        model.store_weights_transposed()  # MKL's matrix-vector products read it faster
+        if dtype == "float32":
+            # ATen's own GELU rather than oneDNN's, whose fixed cost per call dominates on one token's activations
+            # (bench.py --part=sample measures it); bfloat16 needs oneDNN for its products
+            torch.backends.mkldnn.enabled = False
+    return torch.compile(model) if compile else model
+
+
+def whole_texts(token_ids, decode, pending=()):
+    """
+    The text of each token of token_ids as soon as it is whole, after the tokens pending: a character split across
+    BPE tokens decodes as U+FFFD until its last byte arrives. What is still pending at the end comes last.
+    """
+    pending = list(pending)
+    for token in token_ids:
+        pending.append(token)
+        text = decode(pending)
+        if not text.endswith("\ufffd"):
+            yield text
+            pending = []
+    if pending:
+        yield decode(pending)
 
 
 def repeated_shares(texts, token_lists, min_line=20, n=4):

@@ -8,14 +8,17 @@ has one can encode and decode:
   tokens 0-255 are the bytes, token 256 + k joins the pair of tokens merges[k], the last is <|endoftext|>.
 
 - make_codec(spec): (encode, decode) between a text and a list of ids, for prompts and samples.
+- same_tokenizer(a, b): whether two specs encode alike (a spec may also hold a chat template, under "chat").
 - tokenizer_problem(spec): what is wrong with a spec read from a file, if anything.
 - model_vocab_size(spec), token_bytes(spec): the size of the model's embedding for a tokenizer; the length in
   UTF-8 bytes of each token's text (a special token's is 0), for bits per byte (GPT-2's: gpt2_token_bytes.npy).
-- char_spec, char_lookup, code_points: the char tokenizer of an alphabet, and its fast encoding with numpy.
+- char_spec, char_lookup, code_points: the char tokenizer of an alphabet, and its fast encoding with numpy;
+  char_table: the encoding of another text with it, whose characters it must have.
+- tokenizer_of(path): the tokenizer of a data folder or checkpoint, to encode new data as that model reads it.
 - tiktoken_encoding(spec), bpe_safe_cut: tiktoken's encoding of a BPE, GPT-2's or learned (both split text with
   GPT-2's pre-tokenizer), and where a text can be cut without changing its tokens.
-- learn_bpe, bpe_spec, hf_tokenizer: learning a BPE with Hugging Face's tokenizers, its merges checked, and the
-  BPE as one of its tokenizers, which transformers loads (export.py).
+- learn_bpe, bpe_spec, hf_tokenizer: learning a BPE with Hugging Face's tokenizers, its merges checked, and a
+  BPE, learned or GPT-2's, as one of its tokenizers, which transformers loads (export.py).
 """
 
 import json
@@ -64,6 +67,11 @@ def make_codec(spec):
     return lambda text: enc.encode(text, allowed_special={EOT}), enc.decode
 
 
+def same_tokenizer(a, b):
+    """Whether two specs describe the same tokenizer, whatever chat template either has (see conversations.py)."""
+    return {**a, "chat": None} == {**b, "chat": None}
+
+
 def tokenizer_problem(spec):
     """None if spec describes a tokenizer whole; else what is wrong, to follow the name of the file it came from."""
     if not isinstance(spec, dict) or spec.get("tokenizer") not in TOKENIZERS:
@@ -81,7 +89,45 @@ def tokenizer_problem(spec):
             all(isinstance(pair, list) and len(pair) == 2 and all(type(t) is int and 0 <= t < 256 + k for t in pair)
                 for k, pair in enumerate(merges)) and len(set(bpe_pieces(merges))) == vocab_size - 1):
         return "needs \"merges\": vocab_size - 257 pairs of earlier tokens, each making a new one"
+    chat = spec.get("chat")
+    if "chat" in spec and not (
+            isinstance(chat, dict) and isinstance(chat.get("turn_end"), str) and isinstance(chat.get("headers"), dict)
+            and all(isinstance(chat["headers"].get(role), str) for role in ("system", "user", "assistant"))
+            and (spec["tokenizer"] != "char" or chat["turn_end"] in spec["chars"])):
+        return "has a \"chat\" template that is not whole: a \"turn_end\" token and a \"headers\" text for each role"
     return None
+
+
+def tokenizer_of(path):
+    """The spec of the tokenizer of a data folder (its meta.json) or of a ckpt.pt that train.py wrote, chat aside."""
+    if os.path.isdir(path):
+        try:
+            with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+                spec = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path} is not a data folder that prepare.py wrote: its meta.json cannot be read "
+                            f"({type(e).__name__})") from None
+    elif os.path.isfile(path):
+        import torch  # only here: prepare.py needs no torch otherwise
+        try:
+            spec = torch.load(path, map_location="cpu", weights_only=True)["tokenizer"]
+        except Exception as e:  # truncated, corrupted, not a checkpoint, or not train.py's
+            raise UserError(f"{path} is not a checkpoint that train.py wrote ({type(e).__name__})") from None
+    else:
+        raise UserError(f"tokenizer_from '{path}' not found: name a data folder (data/NAME) or a ckpt.pt")
+    problem = tokenizer_problem(spec)
+    if problem:
+        raise UserError(f"the tokenizer of {path} {problem}")
+    return {key: value for key, value in spec.items() if key not in ("splits", "chat")}
+
+
+def char_table(spec, alphabet, source):
+    """char_lookup of a char spec, for a text of alphabet; UserError if the text has characters the spec lacks."""
+    missing = "".join(sorted(set(alphabet) - set(spec["chars"])))
+    if missing:
+        raise UserError(f"{source} has characters that the tokenizer has no token for: {missing[:40]!r}; leave them "
+                        f"out, or prepare it with a tokenizer of its own")
+    return char_lookup(spec["chars"])
 
 
 def model_vocab_size(spec):
@@ -91,8 +137,9 @@ def model_vocab_size(spec):
 
 def token_bytes(spec):
     """The length in UTF-8 bytes of each token's text, as a numpy array; a special token has none."""
-    if spec["tokenizer"] == "char":
-        return np.array([len(c.encode("utf-8")) for c in spec["chars"]])
+    if spec["tokenizer"] == "char":  # a chat template's marker of a turn's end stands for no text
+        marker = spec.get("chat", {}).get("turn_end")
+        return np.array([0 if c == marker else len(c.encode("utf-8")) for c in spec["chars"]])
     if spec["tokenizer"] == "bpe":
         return np.array([len(piece) for piece in bpe_pieces(spec["merges"])] + [0])
     # GPT-2's, from the table beside this file, so that a data folder of GPT-2 tokens needs none of its BPE files
@@ -204,11 +251,16 @@ def bpe_spec(hf_merges, vocab_size, source):
 
 
 def hf_tokenizer(spec):
-    """A learned BPE as a tokenizers.Tokenizer, whose tokenizer.json transformers' PreTrainedTokenizerFast loads."""
+    """A BPE, learned or GPT-2's, as a tokenizers.Tokenizer, whose tokenizer.json transformers' PreTrainedTokenizerFast
+    loads."""
     hf = tokenizers_package()
-    vocab = hf_vocab(spec)
-    names = list(vocab)  # Hugging Face's name of each of our ids
-    tokenizer = hf.Tokenizer(hf.models.BPE(vocab=vocab, merges=[(names[a], names[b]) for a, b in spec["merges"]]))
+    if spec["tokenizer"] == "gpt2":
+        vocab, merges = gpt2_vocab_and_merges()
+    else:
+        vocab = hf_vocab(spec)
+        names = list(vocab)  # Hugging Face's name of each of our ids
+        merges = [(names[a], names[b]) for a, b in spec["merges"]]
+    tokenizer = hf.Tokenizer(hf.models.BPE(vocab=vocab, merges=merges))
     tokenizer.pre_tokenizer = byte_level(hf)
     tokenizer.decoder = hf.decoders.ByteLevel()
     tokenizer.add_special_tokens([EOT])  # the next id: vocab_size - 1
@@ -219,6 +271,26 @@ def hf_vocab(spec):
     """{Hugging Face's name: our id} of each token of a learned BPE but <|endoftext|>, in the order of the ids."""
     names = byte_names()
     return {"".join(names[b] for b in piece): i for i, piece in enumerate(bpe_pieces(spec["merges"]))}
+
+
+def gpt2_vocab_and_merges():
+    """
+    GPT-2's BPE under Hugging Face's names, from tiktoken's ranks: {name: id} of each token but <|endoftext|>, and
+    the merges, each the two tokens that BPE, with the tokens ranked before it, joins last into the next token.
+    """
+    ranks = tiktoken_encoding(GPT2_SPEC)._mergeable_ranks  # the bytes of each token -> its id
+    names = byte_names()
+    name = lambda piece: "".join(names[b] for b in piece)
+    merges = []
+    for piece, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        parts = [bytes([b]) for b in piece]
+        while len(parts) > 2:  # merge the adjacent pair that ranks first, as tiktoken does
+            pairs = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            _, i = min(pairs)
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((name(parts[0]), name(parts[1])))
+    return {name(piece): rank for piece, rank in ranks.items()}, merges
 
 
 def byte_level(hf):

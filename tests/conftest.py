@@ -59,20 +59,20 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
         "--device=cpu", "--warmup_iters=5"]
 
 
-def run_script(script, *args, cwd, env=None, max_file_size=None):
+def run_script(script, *args, cwd, env=None, max_file_size=None, input=""):
     """
     Run one of the project's scripts in cwd as `python script.py args...` runs it; return the CompletedProcess.
     The script runs in a fork of this process, which has imported torch and the library already (a new Python
     spends seconds on that), as tune.py runs its trials; with env, whose variables libraries read as they are
     imported, in a new Python. max_file_size: the most bytes the process may write to a file, as on a disk that
-    fills up.
+    fills up. input: what it reads on its standard input, as from a pipe.
     """
     argv = [str(ROOT / script), *map(str, args)]
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
     if env:
-        return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True,
+        return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, input=input,
                               env={**os.environ, **env}, timeout=600, preexec_fn=limit if max_file_size else None)
-    return finish_fork(argv, *start_fork(argv, cwd, preexec=limit if max_file_size else None))
+    return finish_fork(argv, *start_fork(argv, cwd, preexec=limit if max_file_size else None, input=input))
 
 
 def run_ranks(script, *args, cwd, nproc=2):
@@ -91,17 +91,24 @@ def run_ranks(script, *args, cwd, nproc=2):
     return [finish_fork(argv, *fork) for fork in forks]
 
 
-def start_fork(argv, cwd, environment=None, preexec=None):
-    """(pid, stdout file, stderr file) of a fork of this process that runs argv's script in cwd with environment."""
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+def start_fork(argv, cwd, environment=None, preexec=None, input=""):
+    """
+    (pid, stdout file, stderr file) of a fork of this process that runs argv's script in cwd with environment, input
+    on its standard input.
+    """
+    out, err, stdin = (tempfile.TemporaryFile("w+") for _ in range(3))
+    stdin.write(input)
+    stdin.seek(0)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the child never returns into pytest
         code = 1
         try:
+            os.dup2(stdin.fileno(), 0)
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
+            sys.stdin = open(0, closefd=False)  # pytest's own stands in for it in the test process
             os.chdir(cwd)
             os.environ.update(environment or {})
             signal.alarm(600)  # a script that hangs is killed, as subprocess.run's timeout would
@@ -112,6 +119,7 @@ def start_fork(argv, cwd, environment=None, preexec=None):
             code = run_as_main(argv)
         finally:
             os._exit(code)
+    stdin.close()
     return pid, out, err
 
 

@@ -126,5 +126,9 @@ def test_bits_per_byte_count_the_tokens_that_carry_text_alone():
     """As nanochat counts: <|endoftext|> stands for no text, so neither its loss nor any bytes count."""
     byte_lengths = torch.tensor([1, 2, 4, 0])  # token 3 is <|endoftext|>
     targets = torch.tensor([[0, 1, 3], [2, 3, 0]])
-    loss, nats, nbytes = loss_sums(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), targets, byte_lengths)
-    assert (loss.item(), nats.item(), nbytes.item()) == (21.0, 1.0 + 2.0 + 4.0 + 6.0, 1 + 2 + 4 + 1)
+    loss, nats, nbytes, count = loss_sums(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), targets, byte_lengths)
+    assert (loss.item(), nats.item(), nbytes.item(), count.item()) == (21.0, 1.0 + 2.0 + 4.0 + 6.0, 1 + 2 + 4 + 1, 6)
+    # a chat dataset's targets of -1, not a reply's, are not scored (their loss is 0, as cross_entropy gives it)
+    targets[0, 1] = -1
+    loss, nats, nbytes, count = loss_sums(torch.tensor([1.0, 0.0, 3.0, 4.0, 5.0, 6.0]), targets, byte_lengths)
+    assert (loss.item(), nats.item(), nbytes.item(), count.item()) == (19.0, 1.0 + 4.0 + 6.0, 1 + 4 + 1, 5)

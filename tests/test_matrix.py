@@ -7,12 +7,14 @@ one line. Each cell trains a tiny model for 6 steps and must log finite losses, 
 of float32's (LoRA's adapters too), and show what its feature does (an early stop, a resume, HellaSwag's figure...).
 """
 
+import json
 import math
+import re
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY, parse_losses, run_ranks, run_script
+from conftest import ROOT, TINY, parse_losses, prepare_in, run_ranks, run_script, sample_text
 
 HELLASWAG = ROOT / "tests" / "data" / "hellaswag_rows.jsonl"
 COMMON = [*TINY, "--eval_iters=2", "--max_iters=6", "--eval_interval=6", "--log_interval=1", "--warmup_iters=2",
@@ -34,14 +36,19 @@ FEATURES = {
     "max_seconds": ["--max_seconds=1"],
     "gradient_accumulation": ["--gradient_accumulation_steps=4"],
     "resume": [],  # 3 steps, then resumed for 3 more
+    # conversations (spelling words), in the characters of the text: trained on the replies alone
+    "chat": ["--dataset=chat"],
+    "chat_lora": ["--dataset=chat", "--lora_rank=4"],
 }
 
 F32, BF16, F16 = "float32", "bfloat16", "float16"
 SINGLE, DDP, FSDP = "single", "ddp", "fsdp"
 # Each feature's cells, (dtype, layout, compile), float32's first: the reference that the others are held to. Every
-# feature meets every precision, every layout (Muon refuses FSDP) and compile once; every precision meets every layout
-# (but FSDP float16, refused) and compile; every layout meets compile. The features that leave the compiled model as
-# it is compile it as "plain" does (float32, one process): the compiler's cache has it then.
+# feature meets every precision, every layout (Muon refuses FSDP; chat meets FSDP with LoRA) and compile once; every
+# precision meets every layout (but FSDP float16, refused) and compile; every layout meets compile. The features that
+# leave the compiled model as it is compile it as "plain" does (float32, one process): the compiler's cache has it
+# then. (Chat's few replies in a batch make large gradients: float16 under DDP, whose processes' gradients are twice
+# one process's before they are averaged, overflows once in 6 steps, and its scaler rightly skips that step.)
 CELLS = {
     "plain": [(F32, SINGLE, True), (BF16, FSDP, False), (F16, DDP, False)],
     "lora": [(F32, FSDP, False), (BF16, SINGLE, True), (F16, DDP, False)],
@@ -56,6 +63,8 @@ CELLS = {
     "max_seconds": [(F32, SINGLE, True), (BF16, FSDP, False), (F16, DDP, False)],
     "gradient_accumulation": [(F32, SINGLE, True), (BF16, FSDP, False), (F16, DDP, False)],
     "resume": [(F32, SINGLE, True), (BF16, FSDP, False), (F16, DDP, False)],
+    "chat": [(F32, SINGLE, True), (BF16, DDP, False), (F16, SINGLE, False)],
+    "chat_lora": [(F32, FSDP, False), (BF16, SINGLE, True), (F16, DDP, False)],
 }
 # the combinations refused in one line, and what the line says
 REFUSED = [(["--fsdp=True", "--dtype=float16"], "fsdp=True trains in bfloat16 or float32"),
@@ -91,8 +100,14 @@ def run_cell(folder, feature, dtype, layout, compiled, lora_base):
     """(stdout, out_dir) of train.py with the feature in this cell's dtype, layout and compile."""
     out_dir = f"{feature}-{dtype}-{layout}-{compiled}"
     args = [*COMMON, *FEATURES[feature], f"--dtype={dtype}", f"--compile={compiled}", f"--out_dir={out_dir}"]
-    if feature == "lora":
+    if "lora" in feature:
         args.append(f"--init_from={lora_base}")
+    if "chat" in feature and not (folder / "data" / "chat").exists():
+        words = sorted({word for word in re.findall(r"[a-z]+", sample_text()) if 3 <= len(word) <= 8})
+        (folder / "chats.jsonl").write_text("".join(json.dumps({"messages": [
+            {"role": "user", "content": f"Spell {word}."}, {"role": "assistant", "content": "-".join(word)}]}) + "\n"
+            for word in words))
+        prepare_in(folder, "--input=chats.jsonl", "--tokenizer_from=data/shakespeare_char", "--dataset=chat")
     if feature == "resume":
         first = train(layout, folder, *args, "--max_iters=3")
         return first + train(layout, folder, *args, "--init_from=resume"), out_dir
@@ -117,7 +132,7 @@ def check_cell(feature, cell, stdout):
         return {step: loss for step, loss in train_losses.items() if step <= 10}, {0: val_losses[0]}
     assert sorted(val_losses) == ([0, 3, 6] if feature == "resume" else [0, 6]), cell
     assert sorted(train_losses) == list(range(6)), cell
-    if feature != "lora":  # LoRA's adapters learn slowly on a tiny base: they are compared instead
+    if "lora" not in feature:  # LoRA's adapters learn slowly on a tiny base: they are compared instead
         assert val_losses[6] < 0.95 * val_losses[0], cell
     if feature == "eval_hellaswag":
         assert stdout.count(", hellaswag acc_norm ") == 2, cell
@@ -135,14 +150,14 @@ def test_each_feature_trains_alike_in_every_precision_and_layout(char_data, lora
         assert f"dtype {dtype}, {processes}, compile {compiled}" in stdout, cell
         losses = check_cell(feature, cell, stdout)
         adapters = {name: value for name, value in weights(char_data / out_dir).items()
-                    if "lora_B" in name} if feature == "lora" else None
+                    if "lora_B" in name} if "lora" in feature else None
         reference = reference or (losses, adapters)
         for cell_losses, reference_losses in zip(losses, reference[0]):
             assert sorted(cell_losses) == sorted(reference_losses), cell
             for step, loss in cell_losses.items():
                 assert relative_difference(loss, reference_losses[step]) <= LOSS_UNITS * ROUNDOFF[dtype], \
                     (cell, step, losses, reference[0])
-        if feature == "lora":
+        if "lora" in feature:
             assert relative_difference(adapters, reference[1]) <= ADAPTER_UNITS * ROUNDOFF[dtype], cell
         if feature == "resume":
             assert f"resuming from {out_dir}/ckpt.pt at iter 3" in stdout, cell

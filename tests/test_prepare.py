@@ -238,7 +238,7 @@ def write_parquet(path, **columns):
     ("d.jsonl", lambda p: write_jsonl(p, ["a"] * 9), ["has only 9 document(s), too few to split", "every 10"]),
     ("d.jsonl", lambda p: p.write_text(""), ["has no documents"]),
     ("d.parquet", lambda p: write_parquet(p, body=["a"] * 20), ["has no \"text\" column (its columns: body)"]),
-    ("d.parquet", lambda p: write_parquet(p, text=["a", None] * 10), ["d.parquet row 1 has a \"text\" of None"]),
+    ("d.parquet", lambda p: write_parquet(p, text=["a", None] * 10), ["d.parquet row 1 has no \"text\" string"]),
     ("d.parquet", lambda p: p.write_bytes(b"PAR1 not really"), ["not a readable Parquet file"]),
 ])
 def test_bad_documents_are_clean_errors_and_keep_existing_files(tmp_path, name, write, fragments):
