@@ -166,13 +166,30 @@ def test_bad_conversations_are_one_line_naming_the_line_and_keep_the_folder(chat
     assert (chats / "data" / "c" / "meta.json").read_text() == "old"
 
 
-def test_conversations_from_parquet(tmp_path):
+def same_files(folder, other):
+    return all((folder / name).read_bytes() == (other / name).read_bytes()
+               for name in ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", "meta.json"))
+
+
+def test_conversations_from_parquet_are_those_of_jsonl(chats):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa
-    pq.write_table(pa.table({"messages": spelling(20)}), tmp_path / "chats.parquet")
-    prepare_in(tmp_path, "--input=chats.parquet", "--dataset=c")
-    meta = json.loads((tmp_path / "data" / "c" / "meta.json").read_text())
-    assert meta["chat"]["turn_end"] == "\x04" and meta["splits"]["train"]["conversations"] == 18
+    pq.write_table(pa.table({"id": range(40), "messages": spelling(40)}), chats / "chats.parquet")
+    prepare_in(chats, "--input=chats.parquet", "--dataset=parquet")
+    prepare_in(chats, "--input=chats.jsonl", "--dataset=jsonl")
+    assert same_files(chats / "data" / "parquet", chats / "data" / "jsonl")
+
+
+@pytest.mark.slow
+def test_conversations_of_a_hugging_face_dataset_are_those_of_jsonl(chats):
+    pytest.importorskip("datasets")
+    (chats / "hub_chats").mkdir()  # a folder of data files is a dataset to the datasets package
+    write_chats(chats / "hub_chats" / "part-0.jsonl", spelling(40))
+    result = run_script("prepare.py", "--input=hf:hub_chats", "--dataset=hub", cwd=chats,
+                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(chats / "hf")})
+    assert result.returncode == 0, result.stderr
+    prepare_in(chats, "--input=chats.jsonl", "--dataset=jsonl")
+    assert same_files(chats / "data" / "hub", chats / "data" / "jsonl")
 
 
 def test_a_char_model_reads_conversations_in_its_own_characters(chats, tmp_path):
