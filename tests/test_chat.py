@@ -279,7 +279,7 @@ def test_gpt2_finetuned_on_conversations_exports_its_template_for_transformers(t
 
 
 @pytest.mark.slow
-def test_a_chat_run_resumes_exactly_and_tune_py_searches_on_conversations(spelled):
+def test_a_chat_run_resumes_exactly_stops_early_keeps_its_time_and_tune_py_searches_on_it(spelled):
     folder, _ = spelled
     args = [*TINY, "--dataset=chats", "--n_embd=64", "--block_size=128", "--eval_interval=4", "--log_interval=1",
             "--max_iters=8", "--lr_decay_iters=8"]
@@ -287,6 +287,11 @@ def test_a_chat_run_resumes_exactly_and_tune_py_searches_on_conversations(spelle
     run_ok("train.py", *args, "--out_dir=halves", "--max_iters=4", cwd=folder)
     resumed = parse_losses(run_ok("train.py", *args, "--out_dir=halves", "--init_from=resume", cwd=folder))
     assert all(resumed[0][i] == straight[0][i] for i in range(4, 8)) and resumed[1][8] == straight[1][8]
+    stopped = run_ok("train.py", *args, "--out_dir=patient", "--patience=1", "--learning_rate=0", "--decay_lr=False",
+                     cwd=folder)
+    assert "early stop at iter 4" in stopped
+    timed = run_ok("train.py", *args, "--out_dir=timed", "--max_seconds=1", "--max_iters=100000", cwd=folder)
+    assert "max_seconds=1: " in timed and "done: best val loss" in timed
     (folder / "search.py").write_text('search = {"learning_rate": (1e-3, 1e-2, "log")}\n')
     result = run_script("tune.py", "search.py", "--trials=1", *args, cwd=folder)
     assert result.returncode == 0, result.stderr
