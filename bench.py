@@ -6,8 +6,8 @@ time taken (smallgpt/bench_quality.py) and a chat task's exact match (smallgpt/b
 there says what it measures.
 
     python prepare.py && python bench.py      # train, recipe, sample and prepare: about 20 minutes on 2 cores
-    python bench.py --part=train              # one part: train, sample, eval, prepare, memory (speed); recipe,
-                                              # tokenizers, ablation, tune, finetune, chat (quality)
+    python bench.py --part=train              # one part: train, sample, eval, prepare, memory, serve (speed);
+                                              # recipe, tokenizers, ablation, tune, finetune, chat (quality)
     python bench.py --part=recipe --recipe_repeats=3
     python bench.py --part=tune --recipe_repeats=3  # a search of an hour, then its best settings against the recipe
     python bench.py --part=recipe --device=cuda   # the GPU recipe against nanoGPT's GPU command
@@ -32,14 +32,17 @@ from smallgpt.bench_memory import bench_memory
 from smallgpt.bench_prepare import bench_prepare
 from smallgpt.bench_quality import (RECIPE_NAME, bench_ablation, bench_finetune, bench_recipe, bench_tokenizers,
                                     bench_tune, out_dir_of, working_folder)
+from smallgpt.bench_serve import bench_serve
 from smallgpt.bench_speed import bench_eval, bench_sample, bench_train
 from smallgpt.configurator import configure
 from smallgpt.devices import start_run
 from smallgpt.errors import UserError
 
+PARTS = ("all", "train", "recipe", "sample", "prepare", "tokenizers", "ablation", "eval", "tune", "memory", "finetune",
+         "chat", "serve")
+
 # -----------------------------------------------------------------------------
-# 'all': train, recipe, sample and prepare
-part = "all"  # one of all, train, recipe, sample, prepare, tokenizers, ablation, eval, tune, memory, finetune, chat
+part = "all"  # any of PARTS above; 'all': train, recipe, sample and prepare
 # the train part's model and batch: nanoGPT's CPU command
 n_layer = 4  # [1, inf)
 n_head = 4  # [1, inf)
@@ -65,6 +68,8 @@ globals().update(config)
 # -----------------------------------------------------------------------------
 
 
+if part not in PARTS:
+    raise UserError(f"unknown part '{part}': use {', '.join(PARTS)}")
 if n_embd % n_head:
     raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): "
                     f"each head gets n_embd // n_head channels")
@@ -108,3 +113,5 @@ with tempfile.TemporaryDirectory() as tmp:
         bench_finetune(opts, tmp)
     if part == "chat":
         bench_chat(opts, work_dir)
+    if part == "serve":
+        bench_serve(opts, tmp)

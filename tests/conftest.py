@@ -6,6 +6,7 @@ GPT-2's BPE files read them from ../shared/data beside the checkout (no network 
 
 import functools
 import http.server
+import json
 import io
 import os
 import resource
@@ -273,3 +274,29 @@ def parse_losses(stdout):
             head, rest = line.split(":", 1)
             val[int(head.split()[1])] = float(rest.split("val loss")[1].split(",")[0])
     return train, val
+
+
+def write_chats(path, conversations):
+    path.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in conversations), encoding="utf-8")
+    return path
+
+
+def spelling(n, words=("king", "crown", "queen", "sword", "night", "horse", "grace", "blood")):
+    """n conversations that spell a word, a system prompt in every third."""
+    chats = []
+    for i in range(n):
+        word = words[i % len(words)]
+        chats.append([*([{"role": "system", "content": "Spell it."}] if i % 3 == 0 else []),
+                      {"role": "user", "content": f"Spell {word}."}, {"role": "assistant", "content": "-".join(word)}])
+    return chats
+
+
+@pytest.fixture(scope="session")
+def spelled(tmp_path_factory):
+    """A folder with a char model trained from scratch to spell 8 words in out/, and the data it learned from."""
+    folder = tmp_path_factory.mktemp("spelled")
+    write_chats(folder / "chats.jsonl", spelling(400))
+    prepare_in(folder, "--input=chats.jsonl", "--dataset=chats")
+    stdout = run_ok("train.py", *TINY, "--dataset=chats", "--max_iters=300", "--eval_interval=300", "--log_interval=50",
+                    "--learning_rate=1e-2", "--n_embd=64", "--block_size=128", cwd=folder)
+    return folder, stdout

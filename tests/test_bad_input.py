@@ -49,7 +49,6 @@ def files_in(folder):
     ("prepare.py", "--val_fraction=0", "val_fraction must be in (0, 1), got 0.0"),
     ("prepare.py", "--tokenizer=wordpiece", "unknown tokenizer 'wordpiece': use char, gpt2, bpe"),
     ("bench.py", "--rounds=0", "rounds must be at least 1, got 0"),
-    ("bench.py", "--part=everything", "unknown part 'everything'"),
     ("tune.py", "--trials=0", "trials must be at least 1, got 0"),
     ("eval.py", "--batch_tokens=0", "batch_tokens must be at least 1, got 0"),
 ])

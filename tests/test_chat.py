@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import (TINY, assert_clean_error, inside, needs_gpt2_bpe, parse_losses, prepare_in, run_ok,
-                      run_script, user_error)
+                      run_script, spelling, user_error, write_chats)
 from model import GPT, GPTConfig
 from smallgpt.conversations import (MASK_START, MASK_TRAINED, chat_context, chat_template, encode_conversation,
                                     jinja_template, prompt, rendered)
@@ -52,21 +52,6 @@ def test_the_jinja_template_renders_the_text_that_the_pieces_are():
         with_header = jinja2.Template(jinja_template(template)).render(messages=CONVERSATION,
                                                                        add_generation_prompt=True)
         assert with_header == text + "Assistant:"
-
-
-def write_chats(path, conversations):
-    path.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in conversations), encoding="utf-8")
-    return path
-
-
-def spelling(n, words=("king", "crown", "queen", "sword", "night", "horse", "grace", "blood")):
-    """n conversations that spell a word, a system prompt in every third."""
-    chats = []
-    for i in range(n):
-        word = words[i % len(words)]
-        chats.append([*([{"role": "system", "content": "Spell it."}] if i % 3 == 0 else []),
-                      {"role": "user", "content": f"Spell {word}."}, {"role": "assistant", "content": "-".join(word)}])
-    return chats
 
 
 @pytest.fixture
@@ -216,17 +201,6 @@ def test_gpt2s_bpe_for_transformers_encodes_as_tiktoken():
 
 # -----------------------------------------------------------------------------
 # train.py, chat.py and export.py as a user runs them
-
-@pytest.fixture(scope="module")
-def spelled(tmp_path_factory):
-    """A folder with a char model trained from scratch to spell 8 words in out/, and the data it learned from."""
-    folder = tmp_path_factory.mktemp("spelled")
-    write_chats(folder / "chats.jsonl", spelling(400))
-    prepare_in(folder, "--input=chats.jsonl", "--dataset=chats")
-    stdout = run_ok("train.py", *TINY, "--dataset=chats", "--max_iters=300", "--eval_interval=300", "--log_interval=50",
-                    "--learning_rate=1e-2", "--n_embd=64", "--block_size=128", cwd=folder)
-    return folder, stdout
-
 
 @pytest.mark.slow
 def test_a_model_trained_on_conversations_answers_in_turns(spelled):
