@@ -75,7 +75,7 @@ learning_rate = 1e-3  # [0, inf): max learning rate (AdamW's)
 muon_learning_rate = 0.0  # [0, inf): above 0: Muon, at this max learning rate, for the blocks' matrices
 muon_momentum = 0.95  # [0, 1)
 max_iters = 2000  # [0, inf): total optimizer steps
-max_seconds = 0  # [0, inf): train for this many seconds instead, the schedule fitted to the steps that fit
+max_seconds = 0.0  # [0, inf): train for this many seconds instead, the schedule fitted to the steps that fit
 weight_decay = 1e-1  # [0, inf)
 beta1 = 0.9  # [0, 1)
 beta2 = 0.99  # [0, 1)
@@ -106,7 +106,7 @@ globals().update(config)
 # the settings that depend on each other, and the data, checked before anything slow happens
 
 check_init_from(init_from, {"scratch": None, "resume": None})
-if n_embd % n_head != 0:
+if n_layer and n_embd % n_head != 0:  # the bigram has no heads
     raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): "
                     f"each head gets n_embd // n_head channels")
 if rotary and n_embd // n_head % 2:

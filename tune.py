@@ -45,7 +45,7 @@ trials = 20  # [1, inf): finished (complete or pruned) trials the study should h
 study_dir = "out-tune"  # trial_N/ folders, trials.csv, best.py, the plots, and the default storage
 storage = ""  # '': a journal file in study_dir; or a database URL that workers on several machines share
 study_name = "smallgpt"  # the study within the storage
-timeout = 0  # [0, inf): seconds for this worker's search (0: none); a trial starts only if its max_seconds fit
+timeout = 0.0  # [0, inf): seconds for this worker's search (0: none); a trial starts only if its max_seconds fit
 prune_after = 5  # [0, inf): complete trials before the pruner compares a trial's evaluations with theirs
 search = None  # {train.py setting: range or choices}, in the tune config file
 torchrun = ""  # run each trial as `torchrun THESE train.py ...`, e.g. '--standalone --nproc_per_node=4'
@@ -76,7 +76,7 @@ try:
         if trials_taken(study) >= trials:  # done, or other workers are running the last ones
             break
         if timeout and time.time() - started + config["max_seconds"] > timeout:  # a trial of that time would not fit
-            print(f"timeout: the {timeout}s of this search are over")
+            print(f"timeout: the {timeout:g}s of this search are over")
             break
         with deferred_ctrl_c():  # a trial cut off here would have no worker recorded with it
             trial = study.ask()

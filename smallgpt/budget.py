@@ -70,7 +70,7 @@ class TimeBudget:
             dist.broadcast(fitted, 0)
         self.steps = int(fitted)
         if verbose and self.announce:
-            print(f"max_seconds={self.max_seconds}: {self.steps} steps fit, at {step_seconds * 1000:.0f}ms a step")
+            print(f"max_seconds={self.max_seconds:g}: {self.steps} steps fit, at {step_seconds * 1000:.0f}ms a step")
         self.announce = False
         return True
 

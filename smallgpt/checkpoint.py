@@ -135,7 +135,9 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
     if model.config.n_layer == 0:  # the bigram (config/bigram.py): a table of logits, and nothing else
         for key in BLOCK_SETTINGS:
             if config[key]:
-                raise UserError(f"n_layer=0, the bigram model, has no blocks for {key} to act on: leave {key} out")
+                acts_on = (f"no blocks for {key} to act on" if key != "chunked_loss"
+                           else "no head for chunked_loss to split (its table's rows are the logits)")
+                raise UserError(f"n_layer=0, the bigram model, has {acts_on}: leave {key} out")
     if config["lora_rank"] and not lora:
         lora = {**lora_settings(config), "base": init_from, "checksum": weights_checksum(model)}
         add_adapters(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])

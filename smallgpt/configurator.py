@@ -40,6 +40,7 @@ errors.py).
 import ast
 import difflib
 import io
+import math
 import os
 import re
 import sys
@@ -141,6 +142,8 @@ def check_range(key, value, spec):
     if not number and not whole:  # a value of the wrong type is the type check's to report
         return
     low, high = (float(end) for end in interval[1:-1].split(", "))
+    if number and not math.isfinite(value) and not (value == high and interval[-1] == "]"):
+        raise UserError(f"{key} must be a finite number, got {value}")
     inside = number and (low <= value if interval[0] == "[" else low < value) and (
         value <= high if interval[-1] == "]" else value < high)
     if inside and (isinstance(value, int) or not whole):

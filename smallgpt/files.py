@@ -11,6 +11,7 @@ what is wrong, and a failed write never leaves a half-written file behind.
   instead.
 """
 
+import itertools
 import os
 import urllib.error
 import urllib.request
@@ -43,9 +44,13 @@ def read_text(path, what):
                             f"decoded); convert it first, e.g. iconv -f latin1 -t utf-8 {path}") from None
 
 
+WRITERS = itertools.count()
+
+
 @contextmanager
 def replaced_atomically(*paths, what):
-    tmps = [path + ".tmp" for path in paths]
+    # a name of its own for each writer, in any process: two may write one file at once, and the last one wins
+    tmps = [f"{path}.{os.getpid()}-{next(WRITERS)}.tmp" for path in paths]
     try:
         yield tmps
         for tmp in tmps:

@@ -8,6 +8,8 @@ What tune.py writes of a study into its study_dir, and prints at the end.
 
 import csv
 import os
+import sys
+import warnings
 
 from smallgpt.errors import UserError
 from smallgpt.files import replaced_atomically
@@ -42,8 +44,11 @@ def write_results(study, study_dir, fixed, space):
     with replaced_atomically(os.path.join(study_dir, "best.py"), what="best settings") as [tmp], \
             open(tmp, "w") as f:
         f.write(best_config(best.user_attrs.get("fixed", fixed), best.params))
-    plot_history(complete, os.path.join(study_dir, "history.png"))
-    plot_importance(study, os.path.join(study_dir, "importance.png"))
+    try:  # a plot that cannot be written is worth a line, never a worker
+        plot_history(complete, os.path.join(study_dir, "history.png"))
+        plot_importance(study, os.path.join(study_dir, "importance.png"))
+    except UserError as e:
+        print(f"warning: {e}", file=sys.stderr)
 
 
 def table_row(trial, space):
@@ -74,7 +79,10 @@ def plot_importance(study, path):
     plt = pyplot()
     import optuna
     try:
-        importance = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # Optuna's advice on few trials: the plot is a hint, read as one
+            warnings.simplefilter("ignore")
+            importance = optuna.importance.get_param_importances(  # fANOVA, named: Optuna's default has changed
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (RuntimeError, ValueError):  # too few completed trials, or one setting alone
         return
     names = list(importance)[::-1]

@@ -36,6 +36,9 @@ def files_in(folder):
     ("sample.py", "--repetition_penalty=0", "repetition_penalty must be above 0, got 0"),
     ("sample.py", "--frequency_penalty=1e999", "frequency_penalty must be a finite number, got inf"),
     ("sample.py", "--presence_penalty=-1e999", "presence_penalty must be a finite number, got -inf"),
+    ("sample.py", "--temperature=1e999", "temperature must be a finite number, got inf"),
+    ("sample.py", "--repetition_penalty=1e999", "repetition_penalty must be a finite number, got inf"),
+    ("train.py", "--learning_rate=1e999", "learning_rate must be a finite number, got inf"),
     ("train.py", "--n_layer=-1", "n_layer must be 0 or more, got -1"),
     ("sample.py", "--num_sample=3", "unknown key 'num_sample' in flag --num_sample; did you mean 'num_samples'?"),
     ("train.py", "--learning_rate=-1e-3", "learning_rate must be 0 or more, got -0.001"),
@@ -55,6 +58,13 @@ def files_in(folder):
 def test_bad_settings_are_refused_with_what_to_fix(tmp_path, script, flag, message):
     with inside(tmp_path):
         user_error(lambda: configure_as(script, [flag]), message)
+
+
+@pytest.mark.parametrize("script, flag", [("train.py", "--max_seconds=2.5"), ("tune.py", "--timeout=90.5")])
+def test_a_setting_of_real_numbers_takes_a_fraction(tmp_path, script, flag):
+    key, value = flag[2:].split("=")
+    with inside(tmp_path):
+        assert configure_as(script, [flag])[key] == float(value)
 
 
 @pytest.mark.slow
@@ -128,7 +138,7 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(char_data)
     assert_clean_error(result, "could not write checkpoint out/ckpt.pt: File too large",
                        "the previous checkpoint is intact")
     after = files_in(char_data / "out")
-    assert after["ckpt.pt"] == before["ckpt.pt"] and "ckpt.pt.tmp" not in after
+    assert after["ckpt.pt"] == before["ckpt.pt"] and not any(name.endswith(".tmp") for name in after)
     assert torch.load(char_data / "out" / "ckpt.pt", weights_only=True)["iter_num"] == 4
 
 

@@ -89,7 +89,7 @@ def test_values_outside_their_range_are_refused_with_the_range():
     assert error("--dropout=-0.1") == "dropout must be in [0, 1), got -0.1"
     assert error("--top_p=0") == "top_p must be in (0, 1], got 0.0"
     assert error("--max_new_tokens=-5") == "max_new_tokens must be 0 or more, got -5"
-    assert error("--attn_scale=1e999") == "attn_scale must be above 0, got inf"
+    assert error("--attn_scale=1e999") == "attn_scale must be a finite number, got inf"
     assert error("--temperature=0").endswith("; for nearly greedy sampling use e.g. 0.01 or --top_k=1")
     assert configure(defaults, ["--dropout=0", "--top_p=1", "--batch_size=1"], ranges)["top_p"] == 1.0  # its ends
 

@@ -11,6 +11,8 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY, assert_clean_error, parse_losses, run_script
+from smallgpt.files import replaced_atomically
+from smallgpt.metrics import pyplot, save_figure
 
 ARGS = [*TINY, "--log_interval=5", "--eval_interval=10", "--lr_decay_iters=30"]
 TOKENS_PER_ITER = 8 * 32  # batch_size x block_size of TINY
@@ -128,3 +130,21 @@ def test_wandb_log_works_offline(char_data):
     assert result.returncode == 0, result.stderr
     runs = list((char_data / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_two_writers_of_one_plot_at_once_both_succeed_and_the_last_wins(tmp_path):
+    """As two tune.py workers drawing a study's history.png together: each writes a file of its own, then renames it."""
+    path = str(tmp_path / "history.png")
+    plt = pyplot()
+    figures = []
+    for title in ("first", "second"):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.set_title(title)
+        figures.append(fig)
+    first = tmp_path / "first.png"
+    figures[0].savefig(first, format="png", dpi=100)
+    with replaced_atomically(path, what="plot") as [tmp]:
+        figures[0].savefig(tmp, format="png", dpi=100)
+        save_figure(figures[1], path)  # the other writer, done while this one writes
+    assert (tmp_path / "history.png").read_bytes() == first.read_bytes()  # the last to finish
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.png", "history.png"]

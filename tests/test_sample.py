@@ -1,14 +1,16 @@
 """sample.py end to end: sampling from a trained out_dir alone, seeds, prompts from files, streamed samples, and bad
 input."""
 
+import os
 import shutil
+import signal
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import (RunsCode, TINY, inside, needs_gpt2_bpe, prepare_in, run_ok, run_script,
-                      sample_text, script_error, user_error)
+from conftest import (ROOT, RunsCode, TINY, finish_fork, inside, needs_gpt2_bpe, prepare_in, run_ok, run_script,
+                      sample_text, script_error, start_fork, user_error)
 from smallgpt.checkpoint import load_checkpoint
 from model import GPT, GPTConfig
 from smallgpt.files import read_text
@@ -26,6 +28,25 @@ def trained(finished_run, tmp_path_factory):
 
 def sample(folder, *args):
     return run_ok("sample.py", "--device=cpu", *args, cwd=folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("samples, tokens, ending, status", [(1, 100_000, "reader gone", 141),
+                                                             (30, 3000, "reader gone", 141),  # more than a pipe holds
+                                                             (1, 100_000, "Ctrl-C", 130)])
+def test_sample_py_ends_quietly_in_a_pipe_whose_reader_goes_and_on_ctrl_c(trained, samples, tokens, ending, status):
+    """As `python sample.py | head -c 10` and Ctrl-C: no traceback, no word, the status a shell would show."""
+    read_end, write_end = os.pipe()
+    argv = [str(ROOT / "sample.py"), f"--num_samples={samples}", f"--max_new_tokens={tokens}", "--device=cpu"]
+    pid, out, err = start_fork(argv, trained, preexec=lambda: (os.dup2(write_end, 1), os.close(read_end)))
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.read(10)  # it samples, and then its reader goes
+        if ending == "Ctrl-C":
+            os.kill(pid, signal.SIGINT)
+            reader.read()  # to its end: the pipe never fills
+    result = finish_fork(argv, pid, out, err)
+    assert result.returncode == status and result.stderr == "", result.stderr
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_clean_error, inside, parse_losses, run_script, script_error, user_error
+from conftest import ROOT, TINY, assert_clean_error, inside, parse_losses, run_ok, run_script, script_error, user_error
 from smallgpt.checkpoint import read_for_resuming
 from smallgpt.configurator import configure
 from smallgpt.dataset import open_dataset
@@ -182,11 +182,17 @@ def test_bad_data_devices_and_checkpoints_are_refused(char_data):
     (["--n_layer=0", "--qk_norm=True"], ["has no blocks for qk_norm to act on: leave qk_norm out"]),
     (["--n_layer=0", "--muon_learning_rate=0.02"], ["has no blocks for muon_learning_rate to act on"]),
     (["--n_layer=0", "--activation_checkpointing=True"], ["has no blocks for activation_checkpointing to act on"]),
-    (["--n_layer=0", "--chunked_loss=True"], ["has no blocks for chunked_loss to act on"]),
+    (["--n_layer=0", "--chunked_loss=True"], ["has no head for chunked_loss to split (its table's rows are the"]),
 ])
 def test_bad_settings_are_clean_errors(char_data, args, fragments):
     message = script_error("train.py", *TINY, "--max_iters=2", *args, cwd=char_data)
     assert all(fragment in message for fragment in fragments), message
+
+
+@pytest.mark.slow
+def test_the_bigram_takes_any_n_head_it_never_uses(char_data):
+    assert "done: best val loss" in run_ok("train.py", *TINY, "--n_layer=0", "--n_head=3", "--max_iters=2",
+                                           cwd=char_data)
 
 
 def test_unprepared_default_dataset_names_the_prepare_command(tmp_path):
