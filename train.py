@@ -322,8 +322,8 @@ while True:
             metrics.log(kind="eval", iter=iter_num, tokens=iter_num * tokens_per_iter, train_loss=losses["train"],
                         val_loss=losses["val"], train_bpb=bpb["train"], val_bpb=bpb["val"], lr=lr,
                         hellaswag_acc_norm=hellaswag_acc)
-        if (improved or always_save_checkpoint and not patience) and iter_num > 0 and not eval_only:
-            write_checkpoint()
+        if (improved or always_save_checkpoint and not patience) and (iter_num or pretrained) and not eval_only:
+            write_checkpoint()  # a finetune's start is a model too, saved if nothing beats it; a new model's is noise
         stopped_early = patience and iter_num - best_iter >= patience * eval_interval and not eval_only
         budget.evaluated(time.time() - eval_start)
     if iter_num >= max_iters or eval_only or stopped_early:

@@ -291,12 +291,17 @@ def restore_training(checkpoint, model, optimizer, scaler, rank, device, fsdp):
 
 
 def training_state(model, optimizer, fsdp):
-    """(model state, optimizer state), whole tensors, the optimizer's by parameter name as FSDP's are."""
+    """
+    (model state, optimizer state), whole tensors, the optimizer's by parameter name as FSDP's are. Before the first
+    step the optimizer has no state, and none is saved: torch's FSDP state dict would take a step of its own to make
+    one (at a learning rate of 0, but counted, which changes every later step's bias correction).
+    """
     if fsdp:  # every process holds a shard: gather whole tensors onto the CPU, in every process together
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+        return get_model_state_dict(model, options=options), (
+            get_optimizer_state_dict(model, optimizer, options=options) if optimizer.state else {})
     names = parameter_names(model, optimizer)
     state = optimizer.state_dict()  # parameters by their position in the groups
     return model.state_dict(), {
@@ -310,6 +315,8 @@ def load_training_state(model, optimizer, optimizer_state, fsdp):
     checkpoint's, the settings (weight decay, betas, momentum, learning rate scale) stay this run's.
     """
     settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    if not optimizer_state.get("state"):  # saved before the first step: the optimizer starts afresh, as it did
+        return
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         set_optimizer_state_dict(model, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))

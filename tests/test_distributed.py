@@ -97,6 +97,20 @@ def test_a_checkpoint_resumes_under_any_process_layout(char_data):
 
 
 @pytest.mark.slow
+def test_under_fsdp_a_finetune_saved_at_its_start_and_resumed_trains_as_one_straight_run(char_data):
+    """A finetune saves its start (iter 0), before the optimizer has any state: saving must not make one (torch's FSDP
+    state dict would, with a step of its own), and resuming from it must start the optimizer afresh."""
+    single(char_data, "--max_iters=4", "--out_dir=base")
+    finetune = ["--init_from=base/ckpt.pt", "--fsdp=True", "--eval_interval=8"]
+    ranks(char_data, *finetune, "--max_iters=8", "--out_dir=straight", "--eval_at_start=False")  # no save at 0
+    ranks(char_data, *finetune, "--max_iters=0", "--out_dir=relay")  # its start alone
+    assert torch.load(char_data / "relay" / "ckpt.pt", weights_only=True)["iter_num"] == 0
+    resumed = ranks(char_data, *finetune, "--max_iters=8", "--out_dir=relay", "--init_from=resume")
+    assert "resuming from relay/ckpt.pt at iter 0" in resumed.stdout
+    assert max_difference(weights(char_data / "straight"), weights(char_data / "relay")) < 1e-5
+
+
+@pytest.mark.slow
 def test_accumulation_steps_or_batch_size_must_divide_by_the_processes(char_data):
     result = torchrun(char_data, "--max_iters=2", "--gradient_accumulation_steps=3", "--batch_size=9")
     assert result.returncode != 0

@@ -636,6 +636,24 @@ def test_early_stopping_keeps_the_best_model_and_a_resume_asks_for_more(folder):
 
 
 @pytest.mark.slow
+def test_a_finetune_that_never_beats_its_start_saves_its_start(folder):
+    """A learning rate of 0 leaves every evaluation equal to the start's: the start is the best model of the run,
+    saved, whether patience stops the run or always_save_checkpoint=False writes over an older run's ckpt.pt."""
+    run_ok("train.py", *TINY, "--max_iters=10", "--eval_interval=10", "--out_dir=base", cwd=folder)
+    finetune = [*TINY, "--init_from=base/ckpt.pt", "--learning_rate=0", "--eval_interval=2", "--max_iters=10"]
+    stopped = run_ok("train.py", *finetune, "--patience=2", "--out_dir=stopped", cwd=folder)
+    assert "early stop at iter 4" in stopped and "at iter 0" in stopped.split("early stop")[1]
+    assert torch.load(folder / "stopped" / "ckpt.pt", weights_only=True)["iter_num"] == 0
+    run_ok("sample.py", "--out_dir=stopped", "--num_samples=1", "--max_new_tokens=20", "--device=cpu", cwd=folder)
+    resumed = run_ok("train.py", *finetune, "--patience=4", "--out_dir=stopped", "--init_from=resume", cwd=folder)
+    assert "resuming from stopped/ckpt.pt at iter 0" in resumed
+    shutil.copytree(folder / "base", folder / "older")  # an older run's ckpt.pt where this one writes
+    run_ok("train.py", *finetune, "--always_save_checkpoint=False", "--out_dir=older", cwd=folder)
+    saved = torch.load(folder / "older" / "ckpt.pt", weights_only=True)
+    assert saved["pretrained"] == "base/ckpt.pt" and saved["iter_num"] == 0  # this run's start, not the older run
+
+
+@pytest.mark.slow
 def test_max_seconds_fits_the_schedule_to_the_time(folder):
     stdout = run_ok("train.py", *TINY, "--max_seconds=8", "--max_iters=100000", "--eval_interval=50", cwd=folder)
     fits = [int(line.split(": ")[1].split()[0]) for line in stdout.splitlines() if line.startswith("max_seconds=8:")]
