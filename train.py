@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from smallgpt.budget import TimeBudget
-from smallgpt.checkpoint import mark_stopped_early, restore_training, save_training, start_model
+from smallgpt.checkpoint import mark_stopped_early, start_model
 from smallgpt.configurator import configure
 from smallgpt.dataset import chat_rows, check_ids, loss_sums, open_dataset
 from smallgpt.devices import end_run, is_master_process, launched_by_torchrun, peak_flops, start_run
@@ -36,6 +36,7 @@ from smallgpt.hf_format import check_init_from
 from smallgpt.interrupts import catch_stop_signals, stop_requested
 from smallgpt.metrics import MetricsLog, format_duration
 from smallgpt.tokenizer import model_vocab_size, token_bytes
+from smallgpt.training_state import restore_training, save_training
 
 # -----------------------------------------------------------------------------
 # default config values: a small character-level model that trains in a few minutes on a laptop CPU

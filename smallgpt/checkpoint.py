@@ -6,29 +6,27 @@ so that a file can never run code.
 - start_model: the model that train.py trains: new, resumed from its checkpoint, or pretrained (GPT-2's weights,
   a folder's or a checkpoint file's, checked against the data); with its shape, for a resume the checkpoint, and
   with lora_rank its LoRA adapters (smallgpt/lora.py): a LoRA checkpoint keeps them alone, with its base's name
-  and checksum, and is read back onto that base, unchanged.
-- restore_training: a resumed run's optimizer, gradient scaler and random number generators, as they were.
-- save_training: a run's ckpt.pt; every process takes part (FSDP gathers the shards), rank 0 writes.
+  or path and checksum, and is read back onto that base, unchanged. A run never writes over what it starts from.
+- record_base (python -m smallgpt.checkpoint LORA_CKPT --base=PATH): where a LoRA checkpoint's base is now.
 - mark_stopped_early: note in the best evaluation's checkpoint that its run stopped early, for a resume to ask.
 - load_model: the model and tokenizer spec of a checkpoint, of OpenAI's GPT-2 or of a Hugging Face folder, on the
   CPU (sample.py, eval.py); load_checkpoint: those of a checkpoint file (export.py, bench.py), a LoRA checkpoint's
   adapters merged into its base's weights.
 - read_checkpoint, read_for_resuming: the file, or a UserError that says why it cannot be read or resumed.
-The weights and the optimizer state are kept by parameter name, as whole tensors, so that a run saved by one
-process resumes under DDP or FSDP and the other way round.
+What a run saves beside its weights, and restores, is smallgpt/training_state.py's.
 """
 
 import os
+import sys
 from dataclasses import asdict
 
 import torch
-import torch.distributed as dist
 
 from model import GPT, GPTConfig
-from smallgpt.errors import UserError
+from smallgpt.errors import UserError, report_user_errors
 from smallgpt.files import replaced_atomically
 from smallgpt.hf_format import check_init_from, check_pretrained_tokenizer, pretrained_tokenizer
-from smallgpt.lora import add_adapters, adapter_state, is_adapter, merge_adapters, parse_targets, weights_checksum
+from smallgpt.lora import add_adapters, is_adapter, merge_adapters, parse_targets, weights_checksum
 from smallgpt.tokenizer import GPT2_SPEC, same_tokenizer
 
 # the settings that act on the transformer blocks, which the bigram model (n_layer=0) has none of
@@ -63,18 +61,21 @@ def read_checkpoint(path, required=("model", "model_args", "tokenizer"), device=
     return checkpoint
 
 
-def load_checkpoint(path, dropout=None):
+def load_checkpoint(path, dropout=None, read=None):
     """
     (model, tokenizer spec) of the checkpoint at path, on the CPU, with this dropout if given; a LoRA checkpoint's
-    adapters folded into its base's weights (which must be as they were). UserError as read_checkpoint.
+    adapters folded into its base's weights (which must be as they were). UserError as read_checkpoint. read, if
+    given, gets the real path of each file the weights come from: path, then a LoRA checkpoint's bases in turn.
     """
+    read = [] if read is None else read
+    read.append(os.path.realpath(path))
     checkpoint = read_checkpoint(path)
     model_args = {**checkpoint["model_args"], **({} if dropout is None else {"dropout": dropout})}
     if not checkpoint.get("lora"):
         model = GPT(GPTConfig(**model_args))
         model.load_state_dict(checkpoint["model"])
         return model, checkpoint["tokenizer"]
-    return merge_adapters(with_adapters(path, checkpoint, model_args)), checkpoint["tokenizer"]
+    return merge_adapters(with_adapters(path, checkpoint, model_args, read)), checkpoint["tokenizer"]
 
 
 def load_model(init_from, out_dir):
@@ -110,15 +111,17 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
     them (their settings, the base and its checksum), else None. Settings that act on blocks are refused for the
     bigram (n_layer=0), which has none.
     """
-    checkpoint, lora = None, None
+    checkpoint, lora, read = None, None, [os.path.realpath(ckpt_path)] if init_from == "resume" else []
     if init_from == "resume":
         checkpoint, model_args, changed = read_for_resuming(ckpt_path, model_args, config, tokenizer_spec)
         if verbose:
             print(f"resuming from {ckpt_path} at iter {checkpoint['iter_num']}"
                   + (f"; changed: {', '.join(changed)}" if changed else ""))
         lora = checkpoint.get("lora")
+        if lora and config["lora_rank"]:  # asked again, with the same shape (read_for_resuming): this run's dropout
+            lora = checkpoint["lora"] = {**lora, "dropout": config["lora_dropout"]}
     if lora:  # the adapters go on the base they were trained on, as it was
-        model = with_adapters(ckpt_path, checkpoint, model_args)
+        model = with_adapters(ckpt_path, checkpoint, model_args, read)
     elif config["lora_rank"] and init_from in ("scratch", "resume"):
         raise UserError(f"lora_rank={config['lora_rank']} finetunes a trained model: start from one with "
                         f"--init_from=gpt2, a Hugging Face folder or a ckpt.pt" + (
@@ -130,7 +133,10 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
             model.load_state_dict(checkpoint["model"])
     else:  # GPT-2's weights, a Hugging Face folder's or a checkpoint's, with its shape
         model = start_from_pretrained(init_from, tokenizer_spec, data_dir, model_args["block_size"],
-                                      model_args["dropout"], verbose)
+                                      model_args["dropout"], verbose, read)
+        if os.path.realpath(ckpt_path) in read:  # however the path is spelled, or a base of a LoRA checkpoint's
+            raise UserError(f"this run would write {ckpt_path} over the weights it starts from ({init_from}"
+                            f"{' and its bases' if len(read) > 1 else ''}): choose another --out_dir")
         model_args = {**model_args, **{key: getattr(model.config, key) for key in PRETRAINED_KEYS}}
     if model.config.n_layer == 0:  # the bigram (config/bigram.py): a table of logits, and nothing else
         for key in BLOCK_SETTINGS:
@@ -139,7 +145,7 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
                            else "no head for chunked_loss to split (its table's rows are the logits)")
                 raise UserError(f"n_layer=0, the bigram model, has {acts_on}: leave {key} out")
     if config["lora_rank"] and not lora:
-        lora = {**lora_settings(config), "base": init_from, "checksum": weights_checksum(model)}
+        lora = {**lora_settings(config), **base_record(init_from, ckpt_path), "checksum": weights_checksum(model)}
         add_adapters(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
     if verbose:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -148,19 +154,29 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
     return model, model_args, checkpoint, lora
 
 
-def with_adapters(path, checkpoint, model_args):
-    """The model of the LoRA checkpoint at path: its base, as it was, with the checkpoint's adapters on it."""
+def base_record(init_from, ckpt_path):
+    """Where a LoRA checkpoint at ckpt_path finds its base init_from: a name, or a path, whole and from ckpt_path's
+    folder (for the two moved together)."""
+    if not os.path.exists(init_from):  # GPT-2 by name
+        return {"base": init_from}
+    return {"base": os.path.abspath(init_from),
+            "base_from_checkpoint": os.path.relpath(init_from, os.path.dirname(os.path.abspath(ckpt_path)))}
+
+
+def base_of(path, lora):
+    """The base of the LoRA checkpoint at path: beside it as it was (a copy of both keeps to its own), else where
+    it was recorded."""
+    beside = os.path.normpath(os.path.join(os.path.dirname(path), lora.get("base_from_checkpoint", "")))
+    return beside if "base_from_checkpoint" in lora and os.path.exists(beside) else lora["base"]
+
+
+def with_adapters(path, checkpoint, model_args, read):
+    """
+    The model of the LoRA checkpoint at path: its base, as it was, with the checkpoint's adapters on it; read: the
+    real paths of the files read so far, path last (a base among them is a loop).
+    """
     lora = checkpoint["lora"]
-    try:
-        base = base_model(lora["base"], model_args["dropout"])
-    except UserError as e:
-        raise UserError(f"{path} holds LoRA adapters for {lora['base']}, which cannot be loaded: {e}") from None
-    if model_args["block_size"] < base.config.block_size:
-        base.crop_block_size(model_args["block_size"])
-    if weights_checksum(base) != lora["checksum"]:
-        raise UserError(f"{path} holds LoRA adapters for {lora['base']}, whose weights have changed since "
-                        f"(sha256 {weights_checksum(base)[:12]}, not {lora['checksum'][:12]}): put back the base it "
-                        f"was trained on")
+    base = base_as_trained(path, lora, base_of(path, lora), model_args, read)
     add_adapters(base, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
     missing, unexpected = base.load_state_dict(checkpoint["model"], strict=False)
     if unexpected or any(is_adapter(name) for name in missing):
@@ -169,21 +185,54 @@ def with_adapters(path, checkpoint, model_args):
     return base
 
 
-def base_model(init_from, dropout=None):
+def base_as_trained(path, lora, base_path, model_args, read):
+    """The base at base_path of the LoRA checkpoint at path, its positions as the adapters were trained on; a
+    UserError unless its weights are those the adapters were trained on."""
+    if os.path.realpath(base_path) in read:
+        raise UserError(f"{path} holds LoRA adapters whose base is {base_path}, in a loop ("
+                        f"{' -> '.join(read + [os.path.realpath(base_path)])}): the base's weights were written over; "
+                        f"train the adapters again from a base")
+    if not os.path.exists(base_path) and (lora.get("base_from_checkpoint") or base_path.endswith(".pt")):
+        raise UserError(f"{path} holds LoRA adapters for {base_path}, which is not there: put it back, or record "
+                        f"where it is now with python -m smallgpt.checkpoint {path} --base=PATH")
+    try:
+        base = base_model(base_path, model_args["dropout"], read)
+    except UserError as e:
+        raise UserError(f"{path} holds LoRA adapters for {base_path}, which cannot be loaded: {e}") from None
+    if model_args["block_size"] < base.config.block_size:
+        base.crop_block_size(model_args["block_size"])
+    if weights_checksum(base) != lora["checksum"]:
+        raise UserError(f"{path} holds LoRA adapters for {base_path}, whose weights are not those they were trained "
+                        f"on (sha256 {weights_checksum(base)[:12]}, not {lora['checksum'][:12]}): put back the base "
+                        f"it was trained on")
+    return base
+
+
+def record_base(path, base_path):
+    """Record in the LoRA checkpoint at path that its base is now at base_path, which must hold the same weights."""
+    checkpoint = read_checkpoint(path)
+    if not checkpoint.get("lora"):
+        raise UserError(f"{path} holds no LoRA adapters, and so no base")
+    base_as_trained(path, checkpoint["lora"], base_path, checkpoint["model_args"], [os.path.realpath(path)])
+    checkpoint["lora"] = {**checkpoint["lora"], **base_record(base_path, path)}
+    save_checkpoint(path, checkpoint)
+
+
+def base_model(init_from, dropout=None, read=None):
     """A model to start from, on the CPU, its positions as they are: a checkpoint file of train.py's, OpenAI's
     GPT-2 by name, or a folder in Hugging Face's GPT-2 format."""
     if os.path.isfile(init_from) or init_from.endswith(".pt"):
-        return load_checkpoint(init_from, dropout)[0]
+        return load_checkpoint(init_from, dropout, read)[0]
     return GPT.from_pretrained(init_from, {} if dropout is None else dict(dropout=dropout))
 
 
-def start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropout, verbose=True):
+def start_from_pretrained(init_from, tokenizer_spec, data_dir, block_size, dropout, verbose=True, read=None):
     """
     The pretrained model init_from to train on data_dir's ids: its tokenizer must be the data's, block_size
     may crop its positions (never add to them), dropout is this run's.
     """
     if os.path.isfile(init_from):  # a checkpoint carries its tokenizer
-        model, spec = load_checkpoint(init_from, dropout)
+        model, spec = load_checkpoint(init_from, dropout, read)
         if not same_tokenizer(spec, tokenizer_spec):  # a chat template may be new: the ids mean what they meant
             raise UserError(f"{init_from} was trained with another tokenizer ({describe_tokenizer(spec)}) than "
                             f"{data_dir}'s ({describe_tokenizer(tokenizer_spec)}): finetune it on data of its own")
@@ -227,9 +276,11 @@ def resume_settings(checkpoint, model_args, config, tokenizer_spec):
         model_args = {**model_args, **{key: saved_args[key] for key in PRETRAINED_KEYS}}
     different = [f"{key}={saved_args[key]!r} (asked {model_args[key]!r})" for key in MODEL_KEYS
                  if saved_args[key] != model_args[key]]
-    if checkpoint.get("lora"):  # the adapters' shape and use are the model's too
-        different += [f"lora_{key}={checkpoint['lora'][key]!r} (asked {value!r})"
-                      for key, value in lora_settings(config).items() if checkpoint["lora"][key] != value]
+    lora, asked = checkpoint.get("lora"), lora_settings(config)
+    if lora and config["lora_rank"]:  # asked again: the adapters' shape is the model's too (their dropout may change)
+        same = lambda key: sorted(lora[key]) == sorted(asked[key]) if key == "targets" else lora[key] == asked[key]
+        different += [f"lora_{key}={lora[key]!r} (asked {asked[key]!r})" for key in ("rank", "alpha", "targets")
+                      if not same(key)]
     if different:
         raise UserError(f"the checkpoint's model differs: {', '.join(different)}; "
                         f"use the settings it was trained with, or a new --out_dir")
@@ -240,8 +291,9 @@ def resume_settings(checkpoint, model_args, config, tokenizer_spec):
                         f"train on from there, raise --patience or --max_iters (--patience=0: no early stop)")
     saved = checkpoint["config"]  # settings newer than the checkpoint are not changes
     changes = [f"{key} {saved[key]!r} -> {value!r}" for key, value in config.items()
-               if key != "init_from" and key in saved and saved[key] != value]
-    if bool(saved.get("muon_learning_rate")) != bool(config["muon_learning_rate"]):
+               if key != "init_from" and key in saved and saved[key] != value
+               and not (lora and not config["lora_rank"] and key.startswith("lora_"))]  # not asked: the checkpoint's
+    if not lora and bool(saved.get("muon_learning_rate")) != bool(config["muon_learning_rate"]):  # LoRA: AdamW alone
         raise UserError(f"muon_learning_rate {saved.get('muon_learning_rate', 0.0)!r} -> "
                         f"{config['muon_learning_rate']!r} would switch between AdamW and Muon, whose states "
                         f"differ; keep it on (or off) as it was, or start a new --out_dir")
@@ -266,88 +318,9 @@ def mark_stopped_early(path, iter_num, patience, max_iters):
         save_checkpoint(path, checkpoint)
 
 
-def save_training(path, model, optimizer, scaler, fsdp, device, master_process, lora=None, **run):
-    """
-    Save a run's ckpt.pt at path: the weights (with lora, start_model's, its adapters only, beside lora itself),
-    the optimizer and gradient scaler states, every process's RNG states (so that dropout continues exactly after a
-    resume) and what run gives (RUN_KEYS and more). Every process takes part, master_process writes.
-    """
-    assert set(RUN_KEYS) <= run.keys(), sorted(set(RUN_KEYS) - run.keys())
-    model_state, optimizer_state = training_state(model, optimizer, fsdp)
-    rng = rng_states(device)
-    if lora:
-        model_state, run = adapter_state(model_state), {**run, "lora": lora}
-    if master_process:
-        save_checkpoint(path, {"model": model_state, "optimizer": optimizer_state, "scaler": scaler.state_dict(),
-                               **rng, **run})
-
-
-def restore_training(checkpoint, model, optimizer, scaler, rank, device, fsdp):
-    """A resumed run's optimizer state (its settings stay this run's), gradient scaler and RNG states."""
-    load_training_state(model, optimizer, checkpoint["optimizer"], fsdp)
-    if checkpoint["scaler"]:  # empty from a run without float16, whose resume in float16 starts a new scaler
-        scaler.load_state_dict(checkpoint["scaler"])
-    restore_rng_states(checkpoint, rank, device)
-
-
-def training_state(model, optimizer, fsdp):
-    """
-    (model state, optimizer state), whole tensors, the optimizer's by parameter name as FSDP's are. Before the first
-    step the optimizer has no state, and none is saved: torch's FSDP state dict would take a step of its own to make
-    one (at a learning rate of 0, but counted, which changes every later step's bias correction).
-    """
-    if fsdp:  # every process holds a shard: gather whole tensors onto the CPU, in every process together
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), (
-            get_optimizer_state_dict(model, optimizer, options=options) if optimizer.state else {})
-    names = parameter_names(model, optimizer)
-    state = optimizer.state_dict()  # parameters by their position in the groups
-    return model.state_dict(), {
-        "state": {names[i]: value for i, value in state["state"].items()},
-        "param_groups": [dict(group, params=[names[i] for i in group["params"]]) for group in state["param_groups"]]}
-
-
-def load_training_state(model, optimizer, optimizer_state, fsdp):
-    """
-    Load optimizer_state, as training_state gave it, into optimizer. The state (moments, momenta, steps) is the
-    checkpoint's, the settings (weight decay, betas, momentum, learning rate scale) stay this run's.
-    """
-    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
-    if not optimizer_state.get("state"):  # saved before the first step: the optimizer starts afresh, as it did
-        return
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(model, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
-    else:
-        position = {name: i for i, name in enumerate(parameter_names(model, optimizer))}
-        optimizer.load_state_dict({
-            "state": {position[name]: value for name, value in optimizer_state["state"].items()},
-            "param_groups": [dict(group, params=[position[name] for name in group["params"]])
-                             for group in optimizer_state["param_groups"]]})
-    for group, setting in zip(optimizer.param_groups, settings):
-        group.update(setting)
-
-
-def parameter_names(model, optimizer):
-    """The name of each of the optimizer's parameters, in the order of its groups (its state_dict's numbering)."""
-    names = {p: name for name, p in model.named_parameters()}
-    return [names[p] for group in optimizer.param_groups for p in group["params"]]
-
-
-def rng_states(device):
-    """{"rng_cpu": [...], "rng_cuda": [...]}: the RNG states of every process (all of them must call this)."""
-    own = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.startswith("cuda") else None)
-    states = [own]
-    if dist.is_initialized():
-        states = [None] * dist.get_world_size()
-        dist.all_gather_object(states, own)
-    return {"rng_cpu": [cpu for cpu, _ in states], "rng_cuda": [cuda for _, cuda in states if cuda is not None]}
-
-
-def restore_rng_states(checkpoint, rank, device):
-    """This process's RNG states from a checkpoint; a process beyond those saved takes one of theirs."""
-    torch.set_rng_state(checkpoint["rng_cpu"][rank % len(checkpoint["rng_cpu"])].cpu())
-    if device.startswith("cuda") and checkpoint["rng_cuda"]:
-        torch.cuda.set_rng_state(checkpoint["rng_cuda"][rank % len(checkpoint["rng_cuda"])].cpu())
+if __name__ == "__main__":  # python -m smallgpt.checkpoint out-notes/ckpt.pt --base=moved/ckpt.pt
+    report_user_errors()
+    if len(sys.argv) != 3 or not sys.argv[2].startswith("--base="):
+        raise UserError("usage: python -m smallgpt.checkpoint LORA_CKPT --base=PATH, where its base is now")
+    record_base(sys.argv[1], sys.argv[2][len("--base="):])
+    print(f"{sys.argv[1]}: its base is {os.path.abspath(sys.argv[2][len('--base='):])}")

@@ -7,6 +7,8 @@ and its checkpoints are read by sample.py, eval.py and export.py; bad input; ben
 import copy
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 from conftest import (FINISHED_RUN, ROOT, TINY, assert_clean_error, inside, needs_gpt2_bpe, parse_losses,
                       prepare_in, run_ok, run_script, sample_text, script_error, user_error)
 from model import GPT, GPTConfig
-from smallgpt.checkpoint import load_checkpoint
+from smallgpt.checkpoint import load_checkpoint, record_base
 from smallgpt.chunked_loss import chunked_cross_entropy
 from smallgpt.lora import add_adapters, merge_adapters, parse_targets, weights_checksum
 
@@ -156,7 +158,8 @@ def test_a_lora_checkpoint_holds_the_adapters_and_a_reference_to_its_base(finetu
     checkpoint = torch.load(folder / "out" / "ckpt.pt", weights_only=True)
     assert all("lora_" in name for name in checkpoint["model"]) and len(checkpoint["model"]) == 16
     base = torch.load(folder / "base" / "ckpt.pt", weights_only=True)
-    assert checkpoint["lora"]["base"] == "base/ckpt.pt"
+    assert checkpoint["lora"]["base"] == str(folder / "base" / "ckpt.pt")  # where it is, however it was typed
+    assert checkpoint["lora"]["base_from_checkpoint"] == os.path.join("..", "base", "ckpt.pt")
     assert checkpoint["model_args"] == {**base["model_args"], "dropout": 0.1}  # the base's shape, this run's dropout
     assert checkpoint["lora"]["checksum"] == weights_checksum(load_checkpoint(str(folder / "base" / "ckpt.pt"))[0])
     assert os.path.getsize(folder / "out" / "ckpt.pt") < 0.3 * os.path.getsize(folder / "base" / "ckpt.pt")
@@ -224,13 +227,55 @@ def test_a_changed_or_missing_base_is_refused_in_one_line(finetuned, tmp_path):
     torch.save(checkpoint, work / "base" / "ckpt.pt")
     before = (work / "out" / "ckpt.pt").read_bytes()
     assert_clean_error(run_script("sample.py", "--device=cpu", cwd=work), "out/ckpt.pt holds LoRA adapters for "
-                       "base/ckpt.pt, whose weights have changed since", "put back the base it was trained on")
+                       "base/ckpt.pt, whose weights are not those they were trained on", "put back the base it was")
     message = script_error("train.py", *TINY, *LORA, "--init_from=resume", "--max_iters=12", cwd=work)
-    assert "whose weights have changed since" in message
-    (work / "base" / "ckpt.pt").unlink()
-    message = script_error("eval.py", "--tasks=hellaswag", cwd=work)
-    assert "holds LoRA adapters for base/ckpt.pt, which cannot be loaded: no checkpoint at base/ckpt.pt" in message
+    assert "whose weights are not those they were trained on" in message
+    (work / "base" / "ckpt.pt").unlink()  # the copy's base gone: the base where it was recorded, the original
+    assert "hellaswag: acc " in run_ok("eval.py", "--tasks=hellaswag", "--hellaswag_file=" + str(
+        ROOT / "tests" / "data" / "hellaswag_rows.jsonl"), cwd=work)
     assert (work / "out" / "ckpt.pt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_moved_base_is_named_and_can_be_pointed_at(finetuned, tmp_path):
+    folder, _ = finetuned
+    sample = lambda out_dir: run_script("sample.py", "--device=cpu", "--num_samples=1", "--max_new_tokens=10",
+                                        f"--out_dir={out_dir}", cwd=tmp_path)
+    assert sample(folder / "out").returncode == 0  # from another folder: the base's path is recorded whole
+    notes, moved = tmp_path / "notes", tmp_path / "moved"
+    shutil.copytree(folder / "out", notes)
+    shutil.copytree(folder / "base", moved)
+    checkpoint = torch.load(notes / "ckpt.pt", weights_only=True)
+    checkpoint["lora"]["base"] = str(tmp_path / "gone" / "ckpt.pt")  # as if the base had been moved since
+    torch.save(checkpoint, notes / "ckpt.pt")
+    assert_clean_error(sample(notes), f"holds LoRA adapters for {tmp_path / 'gone' / 'ckpt.pt'}, which is not there",
+                       "put it back, or record where it is now with python -m smallgpt.checkpoint")
+    user_error(lambda: record_base(str(notes / "ckpt.pt"), str(folder / "out" / "ckpt.pt")),  # not its base
+               "whose weights are not those they were trained on")
+    result = subprocess.run([sys.executable, "-m", "smallgpt.checkpoint", str(notes / "ckpt.pt"),
+                             f"--base={moved / 'ckpt.pt'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and f"its base is {moved / 'ckpt.pt'}" in result.stdout, result.stderr
+    assert sample(notes).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_run_never_writes_over_the_weights_it_starts_from(finetuned, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(finetuned[0], work, symlinks=True)
+    before = (work / "base" / "ckpt.pt").read_bytes()
+    for out_dir in ("base", "./base", str(work / "base")):
+        message = script_error("train.py", *TINY, "--init_from=base/ckpt.pt", "--lora_rank=2", "--max_iters=2",
+                               f"--out_dir={out_dir}", cwd=work)
+        assert "would write" in message and "over the weights it starts from (base/ckpt.pt): choose another" in message
+    message = script_error("train.py", *TINY, "--init_from=out/ckpt.pt", "--max_iters=2", "--out_dir=base", cwd=work)
+    assert "over the weights it starts from (out/ckpt.pt and its bases)" in message  # a LoRA checkpoint's base
+    assert (work / "base" / "ckpt.pt").read_bytes() == before
+    checkpoint = torch.load(work / "out" / "ckpt.pt", weights_only=True)  # bases in a loop, as a run could leave
+    checkpoint["lora"].update(base=str(work / "out" / "ckpt.pt"), base_from_checkpoint="ckpt.pt")
+    torch.save(checkpoint, work / "out" / "ckpt.pt")
+    for message in (script_error("sample.py", "--device=cpu", cwd=work),
+                    script_error("train.py", *TINY, *LORA, "--init_from=resume", "--max_iters=12", cwd=work)):
+        assert "whose base is" in message and "in a loop" in message and len(message) < 500, message
 
 
 def test_lora_needs_a_model_to_start_from(finished_run):
@@ -243,6 +288,26 @@ def test_lora_needs_a_model_to_start_from(finished_run):
                            "--init_from=out/ckpt.pt", "--out_dir=never", cwd=folder)
     assert "unknown lora_targets 'mlp.fc': did you mean 'mlp.c_fc'?" in message
     assert not (folder / "never").exists() or not list((folder / "never").iterdir())
+
+
+@pytest.mark.slow
+def test_a_lora_run_resumes_with_its_own_settings_and_refuses_only_what_cannot_change(finetuned, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(finetuned[0], work, symlinks=True)
+    plain = [arg for arg in LORA if not arg.startswith("--lora_")]
+    run_ok("train.py", *TINY, *LORA, "--init_from=base/ckpt.pt", "--max_iters=5", "--out_dir=halfway", cwd=work)
+    shutil.copytree(work / "halfway", work / "again")
+    # no lora_* flag at all: the adapters as the checkpoint holds them, and the losses of the straight run
+    resumed = run_ok("train.py", *TINY, *plain, "--init_from=resume", "--out_dir=halfway", "--max_iters=10", cwd=work)
+    expected, got = parse_losses(finetuned[1])[0], parse_losses(resumed)[0]
+    assert sorted(got) == list(range(5, 10)) and all(got[i] == expected[i] for i in got) and "lora_" not in resumed
+    # the targets in another order, another lora_dropout (as plain dropout may change), Muon asked for: LoRA trains
+    # with AdamW alone
+    targets = "--lora_targets=mlp.c_proj,mlp.c_fc,attn.c_proj,attn.c_attn"
+    changed = run_ok("train.py", *TINY, *LORA, targets, "--lora_dropout=0.2", "--muon_learning_rate=0.02",
+                     "--init_from=resume", "--out_dir=again", "--max_iters=10", cwd=work)
+    assert "lora_dropout 0.1 -> 0.2" in changed and "step 10:" in changed
+    assert torch.load(work / "again" / "ckpt.pt", weights_only=True)["lora"]["dropout"] == 0.2
 
 
 @pytest.mark.slow
