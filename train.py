@@ -34,7 +34,7 @@ from smallgpt.files import make_dir
 from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_share, load_examples
 from smallgpt.hf_format import check_init_from
 from smallgpt.interrupts import catch_stop_signals, stop_requested
-from smallgpt.metrics import MetricsLog, format_duration
+from smallgpt.metrics import MetricsLog, format_duration, run_title
 from smallgpt.tokenizer import model_vocab_size, token_bytes
 from smallgpt.training_state import restore_training, save_training
 
@@ -291,8 +291,7 @@ def check_finite(loss, what):
 
 metrics = None  # rank 0 records the run (metrics.jsonl, loss.png, wandb), unless it only evaluates
 if master_process and not eval_only:
-    title = f"{dataset}: {n_layer} layers x {n_embd}, {raw_model.get_num_params() / 1e6:.2f}M parameters"
-    metrics = MetricsLog(out_dir, iter_num if init_from == "resume" else None, title,
+    metrics = MetricsLog(out_dir, iter_num if init_from == "resume" else None, run_title(dataset, raw_model),
                          (wandb_project, wandb_run_name, config) if wandb_log else None)
 peak = peak_flops(device, dtype) if master_process else 0.0
 batches = train_batches(iter_num)
@@ -359,7 +358,7 @@ while True:
         first_step_end = t1  # the time left is estimated without the first step, which carries start-up
         if compile and master_process:
             print(f"compiled: the first evaluation and step took {t1 - run_start:.1f}s")
-    if max_seconds and local_iter_num % 10 == 0 and budget.fit(iter_num + 1, master_process):  # every ten steps
+    if max_seconds and budget.due(local_iter_num) and budget.fit(iter_num + 1, master_process):
         max_iters = lr_decay_iters = budget.steps  # the schedule's end fitted to the time left
     if iter_num % log_interval == 0:
         if torchrun:

@@ -3,10 +3,11 @@ Training for a time instead of a number of steps (train.py's max_seconds): "the 
 laptop", and what lets tune.py compare a small fast model with a big slow one fairly.
 
 - TimeBudget(max_seconds, eval_interval, device, saved, iter_num): how many steps fit in the time left. fit() is
-  called every few steps: the pace comes from the recent steps (so that a change of load shows within a few dozen
-  steps), and the evaluations' time counts in the share that they recur. saved() is what a checkpoint keeps of it
-  (the steps fitted, the seconds spent, the pace), so that a resumed run continues the same schedule and spends
-  only what is left of the time. Under torchrun, process 0's fit holds for all: every process stops at one step.
+  called when due(), after the first steps and then every tenth: the pace comes from the recent steps (so that a
+  change of load shows within a few dozen steps), and the evaluations' time counts in the share that they recur.
+  saved() is what a checkpoint keeps of it (the steps fitted, the seconds spent, the pace), so that a resumed run
+  continues the same schedule and spends only what is left of the time. Under torchrun, process 0's fit holds for
+  all: every process stops at one step.
 """
 
 import math
@@ -26,6 +27,7 @@ class TimeBudget:
         """saved: the budget in a checkpoint resumed at iter_num, if any."""
         self.max_seconds, self.eval_interval, self.device = max_seconds, eval_interval, device
         saved = saved if max_seconds else None  # a run resumed without max_seconds trains for its max_iters
+        self.resumed = saved is not None
         self.start = time.time()  # train.py sets it again where training starts
         self.spent_before = saved["seconds"] if saved else 0.0  # by the runs that this one resumes
         self.steps = saved["max_iters"] if saved else None  # the iteration that the run ends at, as last fitted
@@ -50,6 +52,11 @@ class TimeBudget:
         self.eval_seconds += seconds
         self.evaluations += 1
         self.announce = True
+
+    def due(self, local_iter_num):
+        """Whether to fit after this step of this process: every tenth, and a new run after its second and fourth
+        too (a budget may be a few slow steps: a GPT-2 step on a CPU takes seconds; a resumed run knows its pace)."""
+        return local_iter_num % 10 == 0 or local_iter_num in (1, 2, 4) and not self.resumed
 
     def fit(self, next_iter, verbose):
         """

@@ -128,6 +128,7 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
                             " (a run resumes as it was trained: to finetune its weights with LoRA, start a new run "
                             f"with --init_from={ckpt_path} --out_dir=...)" if init_from == "resume" else ""))
     elif init_from in ("scratch", "resume"):
+        check_memory(model_args, config["device"])
         model = GPT(GPTConfig(**model_args))
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
@@ -144,6 +145,9 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
                 acts_on = (f"no blocks for {key} to act on" if key != "chunked_loss"
                            else "no head for chunked_loss to split (its table's rows are the logits)")
                 raise UserError(f"n_layer=0, the bigram model, has {acts_on}: leave {key} out")
+        if model_args["dropout"]:  # it would act on the table's rows, the logits themselves
+            raise UserError("n_layer=0, the bigram model, has no hidden states for dropout, which would zero logits "
+                            "at random: leave dropout at 0")
     if config["lora_rank"] and not lora:
         lora = {**lora_settings(config), **base_record(init_from, ckpt_path), "checksum": weights_checksum(model)}
         add_adapters(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
@@ -152,6 +156,23 @@ def start_model(init_from, model_args, ckpt_path, config, tokenizer_spec, data_d
         print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M" + (
             f"; LoRA: {trainable:,} of them train, with AdamW alone" if lora else ""))
     return model, model_args, checkpoint, lora
+
+
+def check_memory(model_args, device):
+    """UserError, before allocating, if a model of model_args would not fit in this machine's memory: its weights, and
+    on a CPU their gradients and AdamW's two moments too."""
+    with torch.device("meta"):  # shapes alone
+        params = sum(p.numel() for p in GPT(GPTConfig(**model_args)).parameters())
+    on_cpu = device == "cpu" or device == "auto" and not torch.cuda.is_available()
+    need, have = params * 4 * (4 if on_cpu else 1), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        vocab = model_args["vocab_size"]
+        instead = (f"the bigram's table is vocab_size x vocab_size ({vocab:,} x {vocab:,}): use a smaller vocabulary "
+                   f"(python prepare.py --tokenizer=bpe, or --tokenizer=char)" if model_args["n_layer"] == 0 else
+                   "use a smaller model (n_layer, n_embd) or vocabulary")
+        raise UserError(f"a model of {params / 1e6:,.0f}M parameters needs {need / 2**30:.1f} GiB for its weights"
+                        f"{', gradients and AdamW state' if on_cpu else ''}, more than this machine's "
+                        f"{have / 2**30:.1f} GiB: {instead}")
 
 
 def base_record(init_from, ckpt_path):

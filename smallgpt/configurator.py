@@ -39,6 +39,7 @@ errors.py).
 
 import ast
 import difflib
+import importlib.util
 import io
 import math
 import os
@@ -50,6 +51,7 @@ from smallgpt.errors import UserError, report_user_errors
 from smallgpt.files import read_text
 
 NUMBER = r"-?(?:inf|[0-9.]+(?:e[-+]?[0-9]+)?)"
+REQUIRED = ("numpy", "tiktoken", "tokenizers", "tqdm", "matplotlib", "optuna")  # requirements.txt's, less torch
 RANGE = re.compile(rf"(None or )?(int )?[\[(]{NUMBER}, {NUMBER}[\])](; .*)?$|one of \S.*$")
 
 
@@ -102,6 +104,7 @@ def configure(settings, argv, ranges=None):
     each value checked against its spec in ranges (by default, those written in the settings' script, __file__).
     """
     report_user_errors()
+    check_installed()
     config = defaults_of(settings)
     ranges = ranges_in(settings["__file__"]) if ranges is None and "__file__" in settings else ranges or {}
     for arg in argv:
@@ -119,6 +122,15 @@ def configure(settings, argv, ranges=None):
         if key in ranges:
             check_range(key, value, ranges[key])
     return config
+
+
+def check_installed():
+    """UserError unless requirements.txt's packages are all there: a partial install is told before a run starts,
+    not by a traceback at its first plot (after all of the training)."""
+    missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: "
+                        f"pip install -r requirements.txt")
 
 
 def check_range(key, value, spec):

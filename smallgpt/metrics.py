@@ -7,7 +7,7 @@ end; and, if asked, the evaluations in Weights & Biases.
 
 - MetricsLog: appends records to metrics.jsonl with the seconds since the run began; a resumed run continues
   the file of the run it resumes, and its clock.
-- plot_losses: loss.png from the records.
+- plot_losses: loss.png from the records; run_title: its title.
 - pyplot, save_figure: matplotlib drawing to files, and a figure saved atomically (tune.py's plots too).
 - format_duration: seconds as the log shows them (1h02m, 3m05s, 42s).
 """
@@ -108,10 +108,10 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path):
-    """Write fig to path as a PNG, whole or not at all, and close it."""
+def save_figure(fig, path, title=None):
+    """Write fig to path as a PNG, whole or not at all, with its title as the file's own if given; and close it."""
     with replaced_atomically(path, what="plot") as [tmp]:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Title": title} if title else None)
     pyplot().close(fig)
 
 
@@ -151,7 +151,13 @@ def plot_losses(records, path, title):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, title)
+
+
+def run_title(dataset, model):
+    """loss.png's title: the data, and the model's shape (a checkpoint's or GPT-2's, not the settings')."""
+    shape = f"{model.config.n_layer} layers x {model.config.n_embd}" if model.config.n_layer else "the bigram"
+    return f"{dataset}: {shape}, {model.get_num_params() / 1e6:.2f}M parameters"
 
 
 def format_duration(seconds):

@@ -1,5 +1,7 @@
 """configurator.configure: config files and --key=value flags over a script's defaults, with one-line errors."""
 
+import sys
+
 import pytest
 
 from conftest import ROOT, configure_as
@@ -137,3 +139,10 @@ def test_defaults_of_takes_a_scripts_settings_and_nothing_else():
     namespace = dict(batch_size=12, learning_rate=1e-3, compile=None, device="auto", CHUNK_CHARS=1 << 20, _private=1,
                      math=math, configure=configure, UserError=UserError, __name__="__main__")
     assert defaults_of(namespace) == dict(batch_size=12, learning_rate=1e-3, compile=None, device="auto")
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "tune.py"])
+def test_a_partial_install_is_told_before_a_run_starts(monkeypatch, script):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as Python sees a package that is not installed
+    with pytest.raises(UserError, match=r"^matplotlib is not installed: pip install -r requirements.txt$"):
+        configure_as(script, [])

@@ -72,6 +72,27 @@ def test_metrics_file_plot_eta_and_summary(finished_run):
     assert not list((char_data / "out").glob("*.tmp"))
 
 
+def png_title(path):
+    """The Title of a PNG's text chunks."""
+    png, at = path.read_bytes(), 8
+    while at < len(png):
+        length, kind = struct.unpack(">I4s", png[at:at + 8])
+        if kind == b"tEXt" and png[at + 8:at + 14] == b"Title\0":
+            return png[at + 14:at + 8 + length].decode("latin-1")
+        at += 12 + length
+
+
+@pytest.mark.slow
+def test_the_plots_title_gives_the_models_shape_not_the_settings(finished_run, tmp_path):
+    shutil.copytree(finished_run[0], tmp_path / "run", symlinks=True)
+    run_script("train.py", *TINY, "--n_layer=6", "--n_embd=384", "--init_from=out/ckpt.pt", "--max_iters=2",
+               "--eval_interval=2", "--out_dir=finetuned", cwd=tmp_path / "run")
+    assert png_title(tmp_path / "run" / "finetuned" / "loss.png").startswith("shakespeare_char: 2 layers x 32, ")
+    run_script("train.py", *TINY, "--n_layer=0", "--max_iters=2", "--eval_interval=2", "--out_dir=bigram",
+               cwd=tmp_path / "run")
+    assert png_title(tmp_path / "run" / "bigram" / "loss.png").startswith("shakespeare_char: the bigram, ")
+
+
 @pytest.mark.slow
 def test_metrics_py_redraws_the_plot_from_a_finished_run(finished_run, tmp_path):
     char_data = tmp_path

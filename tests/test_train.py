@@ -2,12 +2,14 @@
 
 import json
 import re
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from conftest import ROOT, TINY, assert_clean_error, inside, parse_losses, run_ok, run_script, script_error, user_error
-from smallgpt.checkpoint import read_for_resuming
+from model import GPTConfig
+from smallgpt.checkpoint import check_memory, read_for_resuming
 from smallgpt.configurator import configure
 from smallgpt.dataset import open_dataset
 from smallgpt.devices import resolve_device
@@ -183,6 +185,7 @@ def test_bad_data_devices_and_checkpoints_are_refused(char_data):
     (["--n_layer=0", "--muon_learning_rate=0.02"], ["has no blocks for muon_learning_rate to act on"]),
     (["--n_layer=0", "--activation_checkpointing=True"], ["has no blocks for activation_checkpointing to act on"]),
     (["--n_layer=0", "--chunked_loss=True"], ["has no head for chunked_loss to split (its table's rows are the"]),
+    (["--n_layer=0", "--dropout=0.1"], ["has no hidden states for dropout, which would zero logits at random"]),
 ])
 def test_bad_settings_are_clean_errors(char_data, args, fragments):
     message = script_error("train.py", *TINY, "--max_iters=2", *args, cwd=char_data)
@@ -270,3 +273,12 @@ def test_the_bigram_model_learns_its_table_samples_and_resumes(char_data):
     sample = run_script("sample.py", "--out_dir=out-bigram", "--device=cpu", "--num_samples=1", "--start=ROMEO:",
                         "--max_new_tokens=40", "--repetition_penalty=1.2", "--min_p=0.05", cwd=char_data)
     assert sample.returncode == 0 and sample.stdout.startswith("ROMEO:") and len(sample.stdout.split("\n---")[0]) == 46
+
+
+@pytest.mark.parametrize("shape, advice", [(dict(n_layer=0, vocab_size=2_000_000), "the bigram's table is vocab_size x "
+                                            "vocab_size (2,000,000 x 2,000,000): use a smaller vocabulary"),
+                                           (dict(n_layer=100, n_embd=16384, n_head=128), "use a smaller model")])
+def test_a_model_too_big_for_the_machine_is_refused_before_it_is_allocated(shape, advice):
+    model_args = asdict(GPTConfig(block_size=8, **shape))
+    user_error(lambda: check_memory(model_args, "cpu"), "needs", "GiB for its weights, gradients and AdamW state, "
+               "more than this machine's", advice)
