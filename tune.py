@@ -30,9 +30,9 @@ from smallgpt.errors import UserError
 from smallgpt.files import make_dir
 from smallgpt.tune_results import print_summary, write_results
 from smallgpt.tune_space import PER_TRIAL, check_trial_settings, flags_of, search_space, starting_point, suggest
-from smallgpt.tune_study import (check_study_space, claim_study_dir, deferred_ctrl_c, drop_checkpoints_but_the_best,
-                                 fail_stale_trials, make_trial_dir, open_study, record_trial, this_worker,
-                                 trials_taken)
+from smallgpt.tune_study import (INTERRUPTED, check_study_space, claim_study_dir, deferred_ctrl_c,
+                                 drop_checkpoints_but_the_best, fail_stale_trials, make_trial_dir, open_study,
+                                 record_trial, rerun_interrupted, this_worker, trials_taken)
 from smallgpt.tune_trials import FORK_TRIALS, preload, run_trial
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -69,7 +69,7 @@ if not launcher and FORK_TRIALS:
     preload(os.path.join(ROOT, "train.py"))  # once, not in every trial
 print(f"study '{study_name}' in {storage or study_dir}: {len(space)} settings searched, {trials} trials wanted")
 
-started, failures, trial = time.time(), 0, None
+started, failures, trial, stopped = time.time(), 0, None, False
 try:
     while True:
         fail_stale_trials(study)  # trials whose worker was killed, here or elsewhere, stop counting
@@ -79,7 +79,8 @@ try:
             print(f"timeout: the {timeout:g}s of this search are over")
             break
         with deferred_ctrl_c():  # a trial cut off here would have no worker recorded with it
-            trial = study.ask()
+            rerun_interrupted(study)  # first, the trials that Ctrl-C or a worker's end cut short
+            trial, trial_started = study.ask(), time.time()
             trial.set_user_attr("worker", this_worker())
             trial.set_user_attr("heartbeat", time.time())
             trial.set_user_attr("fixed", fixed)  # with the trial's params, what best.py needs to train it again
@@ -100,12 +101,13 @@ try:
             raise UserError(f"{FAILURES_IN_A_ROW} trials in a row failed, the last with: {error}")
 except KeyboardInterrupt:
     if trial is not None:
-        record_trial(study, trial, "failed", None, 0.0, "stopped by Ctrl-C")
-    print("stopped: run the same command to continue the study")
+        record_trial(study, trial, "failed", None, time.time() - trial_started, INTERRUPTED)
+    print("stopped: run the same command to continue the study (a trial cut short runs again)")
+    stopped = True
 except UserError as e:  # the trial that was under way is told why
     if trial is not None:
         record_trial(study, trial, "failed", None, 0.0, str(e))
     raise
 finally:  # also when the search gives up: the table says why each trial failed
     write_results(study, study_dir, fixed, space)
-print_summary(study, study_dir, space)
+print_summary(study, study_dir, space, stopped)

@@ -93,8 +93,9 @@ def plot_importance(study, path):
     save_figure(fig, path)
 
 
-def print_summary(study, study_dir, space):
-    """The table of trials, and where the best settings are."""
+def print_summary(study, study_dir, space, stopped=False):
+    """The table of trials, and where the best settings are; a UserError if no trial finished, unless the search was
+    stopped (by Ctrl-C), which is no error."""
     rows = [["trial", "state", "val bpb", "seconds", *space]]
     rows += [[str(cell) for cell in table_row(t, space)] for t in sorted(study.get_trials(deepcopy=False),
                                                                        key=lambda t: t.number)]
@@ -102,6 +103,8 @@ def print_summary(study, study_dir, space):
     for row in rows:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
     if best_complete(study) is None:
+        if stopped:
+            return
         raise UserError(f"no trial finished: see the trials' train.log in {study_dir}, and trials.csv")
     print(f"{best_line(study)}\nbest settings in {os.path.join(study_dir, 'best.py')}: "
           f"python train.py {os.path.join(study_dir, 'best.py')}")

@@ -6,7 +6,8 @@ workers on one machine or several. Optuna is imported only inside the functions 
   with a TPE sampler seeded for each trial by its number.
 - check_study_space(study, space): the search space must be the one the study's trials were drawn from.
 - claim_study_dir, make_trial_dir: a study_dir holds one study's files, and a trial's folder is new.
-- trials_taken, record_trial, fail_stale_trials, drop_checkpoints_but_the_best: the trials' bookkeeping;
+- trials_taken, record_trial, fail_stale_trials, rerun_interrupted, drop_checkpoints_but_the_best: the trials'
+  bookkeeping;
   best_complete, best_line: the best trial so far.
 - deferred_ctrl_c: a block that a Ctrl-C does not cut short.
 """
@@ -24,6 +25,7 @@ from smallgpt.files import read_text
 # a running trial whose last heartbeat (tune_trials.py's, every HEARTBEAT_SECONDS) is older than this, by the clock
 # of the machine that looks, lost its worker: keep the machines' clocks in time
 STALE_SECONDS = 120
+INTERRUPTED = "stopped by Ctrl-C"  # a trial failed so (or with no error, its worker gone) is run again
 
 def open_study(storage, name, study_dir, seed, prune_after=5):
     """
@@ -227,6 +229,21 @@ def format_value(value):
 
 def this_worker():
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def rerun_interrupted(study):
+    """
+    Enqueue again, once, each failed trial that was interrupted (by Ctrl-C, or its worker gone) rather than failed by
+    its settings: every setting the study drew is tried, the config's own first.
+    """
+    import optuna
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        params = t.system_attrs.get("fixed_params", t.params)
+        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error", INTERRUPTED) == INTERRUPTED \
+                and params and t.number not in retried:
+            study.enqueue_trial(params, user_attrs={"retry_of": t.number})
 
 
 def fail_stale_trials(study):

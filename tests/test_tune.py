@@ -505,15 +505,24 @@ def test_ctrl_c_stops_the_running_trial_and_a_rerun_continues(folder):
     config = write_tune_config(folder)
     args = ["--trials=2", "--max_iters=2000", "--lr_decay_iters=2000"]  # long enough to be stopped
     worker = start_tune(folder, config, *args)
-    wait_for(lambda: (folder / "out-tune" / "trial_0" / "metrics.jsonl").exists())
+    metrics = folder / "out-tune" / "trial_0" / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and any(json.loads(line)["elapsed"] > 1 for line in metrics.read_text().split(
+        "\n")[:-1]))  # a trial a second into its training
     worker.send_signal(signal.SIGINT)
     out, err = worker.communicate(timeout=120)
-    assert "stopped: run the same command to continue" in out, err
+    assert worker.returncode == 0 and "stopped: run the same command to continue" in out and not err, err
     rows = read_trials(folder)
-    assert rows[0]["state"] == "fail" and rows[0]["error"] == "stopped by Ctrl-C"
+    assert rows[0]["state"] == "fail" and rows[0]["error"] == "stopped by Ctrl-C" and int(rows[0]["seconds"]) >= 1
     assert "interrupted at iter" in (folder / "out-tune" / "trial_0" / "train.log").read_text()
     again = tune(folder, config, "--trials=1")
     assert again.returncode == 0 and "trial 1 complete" in again.stdout
+    assert same_settings(read_trials(folder), 1, 0)  # trial 0's, the config's own, run again
+
+
+def same_settings(rows, a, b):
+    """Whether trials a and b of trials.csv's rows drew the same settings."""
+    space = [key for key in rows[0] if key not in ("number", "state", "val_bpb", "seconds", "error")]
+    return space and [rows[a][key] for key in space] == [rows[b][key] for key in space]
 
 
 @pytest.mark.slow
@@ -529,6 +538,7 @@ def test_kill_9_loses_at_most_the_running_trial(folder):
     again = tune(folder, config, "--trials=1")
     assert again.returncode == 0, again.stderr
     assert "trial 0: its worker" in again.stdout and "trial 1 complete" in again.stdout
+    assert same_settings(read_trials(folder), 1, 0)  # failed as its worker was gone, and run again
 
 
 # -----------------------------------------------------------------------------
