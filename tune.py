@@ -102,6 +102,10 @@ try:
 except KeyboardInterrupt:
     if trial is not None:
         record_trial(study, trial, "failed", None, time.time() - trial_started, INTERRUPTED)
+        log_path = os.path.join(study_dir, f"trial_{trial.number}", "train.log")
+        if os.path.exists(log_path):  # train.py's advice to resume is for a run of its own: a trial runs again
+            with open(log_path, "a") as log:
+                print("tune.py: stopped by Ctrl-C; the same tune.py command runs this trial again", file=log)
     print("stopped: run the same command to continue the study (a trial cut short runs again)")
     stopped = True
 except UserError as e:  # the trial that was under way is told why

@@ -513,7 +513,8 @@ def test_ctrl_c_stops_the_running_trial_and_a_rerun_continues(folder):
     assert worker.returncode == 0 and "stopped: run the same command to continue" in out and not err, err
     rows = read_trials(folder)
     assert rows[0]["state"] == "fail" and rows[0]["error"] == "stopped by Ctrl-C" and int(rows[0]["seconds"]) >= 1
-    assert "interrupted at iter" in (folder / "out-tune" / "trial_0" / "train.log").read_text()
+    log = (folder / "out-tune" / "trial_0" / "train.log").read_text()
+    assert "interrupted at iter" in log and log.endswith("the same tune.py command runs this trial again\n")
     again = tune(folder, config, "--trials=1")
     assert again.returncode == 0 and "trial 1 complete" in again.stdout
     assert same_settings(read_trials(folder), 1, 0)  # trial 0's, the config's own, run again
