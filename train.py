@@ -259,12 +259,13 @@ def estimate_loss():
 
 
 def get_lr(it):
-    """Linear warmup for warmup_iters, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    """Linear warmup for warmup_iters, then cosine decay to min_lr at lr_decay_iters (max_seconds: the budget's), then
+    min_lr."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it >= lr_decay_iters:  # also when the warmup reaches the horizon
         return min_lr
-    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    decay_ratio = budget.progress(it) if budget.steps else (it - warmup_iters) / (lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0
     return min_lr + coeff * (learning_rate - min_lr)
 

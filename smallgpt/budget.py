@@ -32,8 +32,10 @@ class TimeBudget:
         self.spent_before = saved["seconds"] if saved else 0.0  # by the runs that this one resumes
         self.steps = saved["max_iters"] if saved else None  # the iteration that the run ends at, as last fitted
         self.pace = saved["step_seconds"] if saved else None  # seconds a step, its share of evaluations included
+        # (iteration, share of the schedule done) where the schedule was last fitted, from which it goes on to steps
+        self.anchor = tuple(saved.get("anchor", (iter_num, iter_num / max(self.steps or 1, 1)))) if saved else None
         if saved and max_seconds > saved["max_seconds"] and self.pace:  # more time: a longer schedule from here
-            self.steps = iter_num + self.steps_left()
+            self.set_steps(iter_num, iter_num + self.steps_left())
         elif saved and (self.spent_before >= max_seconds or self.steps is not None and iter_num >= self.steps):
             raise UserError(f"nothing left to train: the run trained for its max_seconds={saved['max_seconds']:g} "
                             f"({self.spent_before:.1f}s, up to iter {iter_num}); raise --max_seconds to train on")
@@ -75,16 +77,28 @@ class TimeBudget:
         fitted = torch.tensor(next_iter + self.steps_left(), device=self.device)
         if dist.is_initialized():
             dist.broadcast(fitted, 0)
-        self.steps = int(fitted)
+        self.set_steps(next_iter, int(fitted))
         if verbose and self.announce:
             print(f"max_seconds={self.max_seconds:g}: {self.steps} steps fit, at {step_seconds * 1000:.0f}ms a step")
         self.announce = False
         return True
 
+    def set_steps(self, next_iter, steps):
+        """End the run at iteration steps: the schedule goes on from where it is at next_iter, faster or slower, never
+        with a jump (a busy machine's pace moves the end, not the learning rate)."""
+        self.anchor = (next_iter, self.progress(next_iter) if self.steps else 0.0)
+        self.steps = steps
+
+    def progress(self, it):
+        """The share of the learning rate's decay done at iteration it: 0 at the first fit, 1 at the end fitted."""
+        anchor_iter, done = self.anchor
+        return min(1.0, done + (1.0 - done) * max(0, it - anchor_iter) / max(self.steps - anchor_iter, 1))
+
     def saved(self):
         """What a checkpoint keeps of the budget: nothing without max_seconds."""
         return {"budget": {"max_iters": self.steps, "seconds": self.spent(), "step_seconds": self.pace,
-                           "max_seconds": self.max_seconds}} if self.max_seconds else {}
+                           "max_seconds": self.max_seconds, "anchor": list(self.anchor or ())}
+                } if self.max_seconds else {}
 
 
 def recent_pace(marks):

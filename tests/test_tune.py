@@ -288,6 +288,17 @@ def test_the_time_budget_follows_the_pace_of_the_recent_steps():
     assert abs(budget.steps - (130 + (100.0 - budget.spent()) / budget.pace)) < 2
 
 
+def test_the_schedule_goes_on_from_where_it_is_when_the_end_is_fitted_anew():
+    """A fit moves the end of the learning rate's decay, never the share of it done: no jump at a refit."""
+    budget = TimeBudget(100.0, 1000, "cpu")
+    budget.set_steps(2, 1002)  # the first fit: the decay starts, to end at iteration 1002
+    assert budget.progress(2) == 0.0 and budget.progress(502) == 0.5
+    budget.set_steps(502, 752)  # the machine slowed down: the end comes sooner, from where the schedule is
+    assert budget.progress(502) == 0.5 and budget.progress(627) == 0.75 and budget.progress(752) == 1.0
+    budget.set_steps(627, 1627)  # faster again: the rest of the decay stretched over the steps that now fit
+    assert budget.progress(627) == 0.75 and budget.progress(1127) == 0.875 and budget.progress(2000) == 1.0
+
+
 def test_a_resumed_budget_goes_on_with_its_fit_and_its_time_left():
     saved = {"max_iters": 500, "seconds": 6.0, "step_seconds": 0.01, "max_seconds": 8}
     budget = TimeBudget(8, 50, "cpu", saved, iter_num=300)
@@ -703,14 +714,13 @@ def test_a_max_seconds_run_stopped_and_resumed_keeps_its_schedule_and_its_time(f
     stopped_at, budget = checkpoint["iter_num"], checkpoint["budget"]
     assert stopped_at < budget["max_iters"] and 3 < budget["seconds"] < 8
     run_ok("train.py", *args, "--init_from=resume", cwd=folder)
-    # from the stopped run's last fit until the resumed run fits again (ten steps on), the learning rates are those
-    # of a run of that schedule that was never stopped
-    run_ok("train.py", *TINY, "--eval_interval=50", "--log_interval=1", f"--max_iters={stopped_at + 11}",
-           f"--lr_decay_iters={budget['max_iters']}", "--out_dir=straight", cwd=folder)
-    lrs = lambda out: {r["iter"]: r["lr"] for r in read_metrics(folder / out / "metrics.jsonl") if r["kind"] == "iter"}
-    resumed, straight = lrs("out"), lrs("straight")
-    around_the_stop = range((stopped_at - 1) // 10 * 10 + 1, stopped_at + 11)
-    assert [resumed[i] for i in around_the_stop] == [straight[i] for i in around_the_stop]
+    # the learning rate falls smoothly through every fit to the time and through the resume: a busy machine's pace
+    # moves the schedule's end, never the rate from one step to the next
+    steps = [r for r in read_metrics(folder / "out" / "metrics.jsonl") if r["kind"] == "iter"]
+    lrs = [r["lr"] for r in steps]
+    assert [r["iter"] for r in steps] == list(range(len(steps)))  # each step once, the stopped run's and the resumed
+    steps_of_warmup = 6
+    assert max(abs(b - a) for a, b in zip(lrs[steps_of_warmup:], lrs[steps_of_warmup + 1:])) < 0.02 * max(lrs)
     records = read_metrics(folder / "out" / "metrics.jsonl")  # whose clock goes on from the stopped run's
     assert records[-1]["kind"] == "eval" and 8 * 0.6 < records[-1]["elapsed"]  # its time spent, not asserted past
     assert_clean_error(run_script("train.py", *args, "--init_from=resume", cwd=folder),
