@@ -177,7 +177,11 @@ def tiktoken_encoding(spec):
         enc = tiktoken.Encoding(f"bpe{spec['vocab_size']}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                                 special_tokens={EOT: spec["vocab_size"] - 1})
     else:
-        enc = tiktoken.get_encoding("gpt2")
+        try:
+            enc = tiktoken.get_encoding("gpt2")
+        except OSError as e:  # the download of its files (requests' errors are OSErrors), or its cache
+            raise UserError(f"GPT-2's BPE files could not be had ({type(e).__name__}): connect to the internet once "
+                            f"(tiktoken keeps them), or set TIKTOKEN_CACHE_DIR to a folder that holds them") from None
     # tiktoken before 0.11 turns the text "<|endoftext|>" into the special token even when told not to
     if enc.encode_to_numpy(EOT, disallowed_special=()).tolist() != enc.encode_ordinary(EOT):
         raise UserError(f"tiktoken {tiktoken.__version__} encodes the text {EOT} as a special token: "

@@ -286,3 +286,13 @@ def test_merges_that_make_no_usable_vocabulary_are_never_written(hf_merges):
     user_error(lambda: bpe_spec(hf_merges, 259, "t.txt"), "the BPE that tokenizers learned from t.txt needs \"merges\"",
                "nothing was written")
     assert bpe_spec([["a", "b"], ["ab", "c"]], 259, "t.txt")["merges"] == [[97, 98], [256, 99]]
+
+
+@pytest.mark.slow
+def test_gpt2s_bpe_files_out_of_reach_are_one_line(tmp_path):
+    """No cache and no way to download them (a proxy that refuses, as offline): one line that says what to do."""
+    (tmp_path / "text.txt").write_text(sample_text(2_000), encoding="utf-8")
+    (tmp_path / "empty_cache").mkdir()
+    result = run_script("prepare.py", "--input=text.txt", "--tokenizer=gpt2", cwd=tmp_path, env={
+        "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache"), "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""})
+    assert_clean_error(result, "GPT-2's BPE files could not be had", "set TIKTOKEN_CACHE_DIR to a folder that holds")
