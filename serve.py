@@ -151,10 +151,11 @@ def generate(reply, send):
                         penalties=Penalties(1.0, request["frequency_penalty"], request["presence_penalty"]))
         for token in model.generate_stream(torch.tensor([reply.ids], device=device), reply.max_tokens, **sampling,
                                            tokenizer_vocab_size=tokenizer_spec["vocab_size"]):
-            if token.item() in stop_ids or reply.cancelled:
+            token = token.item()
+            if token in stop_ids or reply.cancelled:
                 return
-            tokens.append(token.item())
-            yield token.item()
+            tokens.append(token)
+            yield token
 
     with torch.no_grad(), autocast:
         for piece in whole_texts(until_stopped(), decode):

@@ -20,8 +20,8 @@ from statistics import median
 
 import torch
 
-from model import GPT, GPTConfig
 from smallgpt.bench_prepare import ROOT
+from smallgpt.bench_speed import gpt2_vocab_model
 from smallgpt.checkpoint import load_checkpoint
 from smallgpt.sampling import ready_to_generate, whole_texts
 from smallgpt.tokenizer import GPT2_SPEC, make_codec
@@ -30,6 +30,7 @@ from smallgpt.tokenizer import GPT2_SPEC, make_codec
 def sample_speed(opts, ckpt_path, prompt, n_new, repeats=5):
     """sample.py's tokens per second, its loop printing each token's text to nowhere: n_new tokens after prompt (a
     text), the median of repeats."""
+    onednn = torch.backends.mkldnn.enabled  # ready_to_generate may turn it off, as sample.py runs
     model, tokenizer_spec = load_checkpoint(ckpt_path)
     model = ready_to_generate(model, opts.device, opts.dtype)
     encode, decode = make_codec(tokenizer_spec)
@@ -43,7 +44,7 @@ def sample_speed(opts, ckpt_path, prompt, n_new, repeats=5):
                 for text in whole_texts((token.item() for token in tokens), decode):
                     print(text, end="", flush=True, file=nowhere)
             seconds.append(time.perf_counter() - start)
-    torch.backends.mkldnn.enabled = True  # as ready_to_generate found it, for the parts after this one
+    torch.backends.mkldnn.enabled = onednn  # as it was, for the parts after this one
     return n_new / median(seconds)
 
 
@@ -102,9 +103,7 @@ def serve_speed(ckpt_path, prompt, n_new, clients, rounds):
 
 
 def bench_serve(opts, work_dir):
-    torch.manual_seed(opts.seed)
-    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024, vocab_size=50304, bias=False,
-                          activation="gelu"))
+    model = gpt2_vocab_model(opts.seed)
     gpt2_ckpt = os.path.join(work_dir, "gpt2-vocab.pt")
     torch.save({"model": model.state_dict(), "model_args": {**model.config.__dict__}, "tokenizer": GPT2_SPEC},
                gpt2_ckpt)

@@ -179,11 +179,16 @@ def compare_generation(opts, model, prompt, n_new, repeats, **sampling):
         print(f"the same tokens from all three: {'yes' if all(torch.equal(tokens[0], t) for t in tokens) else 'NO'}")
 
 
+def gpt2_vocab_model(seed):
+    """The sample part's model, random weights from seed: 6 layers x 384 with GPT-2's vocabulary, on the CPU."""
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024, vocab_size=50304, bias=False,
+                         activation="gelu"))
+
+
 def bench_sample(opts, out_dir):
     print("\n## sample: 6 layers x 384, 6 heads, GPT-2's vocabulary (50304), 64 new tokens after 256, greedy")
-    torch.manual_seed(opts.seed)
-    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024, vocab_size=50304, bias=False,
-                          activation="gelu")).to(opts.device).eval()
+    model = gpt2_vocab_model(opts.seed).to(opts.device).eval()
     prompt = torch.randint(50304, (1, 256), device=opts.device)
     with opts.autocast:
         compare_generation(opts, model, prompt, 64, repeats=3, top_k=1)

@@ -2,12 +2,15 @@
 
 import re
 import shutil
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from conftest import assert_clean_error, needs_gpt2_bpe, run_ok, run_script
 from model import GPT, GPTConfig
+from smallgpt.bench_serve import sample_speed, serve_speed
 from smallgpt.bench_speed import LOOP_SETTINGS, compare_penalties
 
 
@@ -65,3 +68,16 @@ def test_the_loop_measure_runs_each_setting_against_loops(capsys):
     for line in lines:
         found = re.search(r"repeated lines +([\d.]+)%  repeated 4-grams +([\d.]+)% +([\d,.]+) tokens/s", line)
         assert found and 0 <= float(found.group(2)) <= 100 and float(found.group(3).replace(",", "")) > 0, line
+
+
+@pytest.mark.slow
+def test_the_serve_part_measures_sample_py_and_serve_py_on_one_checkpoint(finished_run):
+    """The serve part's two measures on the finished run's tiny model: sample.py's loop in process, then serve.py
+    streaming to 2 clients at once, every reply as long as asked (or the measure raises)."""
+    ckpt_path = str(finished_run[0] / "out" / "ckpt.pt")
+    opts = SimpleNamespace(device="cpu", dtype="float32", autocast=nullcontext())
+    onednn = torch.backends.mkldnn.enabled
+    assert sample_speed(opts, ckpt_path, "ROMEO:", 20, repeats=1) > 0
+    assert torch.backends.mkldnn.enabled == onednn  # as it found it, for the parts after
+    tokens_per_second, first_token_seconds = serve_speed(ckpt_path, "ROMEO:", 20, clients=2, rounds=1)
+    assert tokens_per_second > 0 and 0 < first_token_seconds < 60
