@@ -36,7 +36,8 @@ limit = None  # None or int [1, inf); must be a whole number of examples, 1 or m
 hellaswag_file = ""  # a HellaSwag-format .jsonl (path or URL); empty: the validation split, downloaded once
 harness_include = ""  # a folder of more task definitions (YAML) for lm-evaluation-harness
 results_file = ""  # the JSON of results; empty: eval.json in out_dir, or eval_NAME.json for a pretrained model
-batch_tokens = 8192  # [1, inf): tokens per forward pass, padding included: lower it if memory runs out
+# tokens per forward pass, padding included (lower it if memory runs out); None: 2,048 on a CPU, 8,192 on a GPU
+batch_tokens = None  # None or int [1, inf)
 device = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # one of auto, float32, bfloat16, float16: auto: bfloat16 on CUDA where it runs, else float16
 backend = "auto"  # one of auto, nccl, gloo, mpi, ucc, xccl: under torchrun; auto: nccl on CUDA

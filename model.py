@@ -91,7 +91,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rotation=None, cache=None):
+    def forward(self, x, rotation=None, cache=None, mask=None):
         B, T, C = x.size()  # batch, sequence length, n_embd
         hs = C // self.n_head
         qkv = self.c_attn(x).view(B, T, 3 * self.n_head, hs)  # the queries, keys and values of every head
@@ -104,10 +104,10 @@ class CausalSelfAttention(nn.Module):
         v = v.transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, nh, cached + T, hs)
-        # Several new tokens only ever come on an empty cache, where the causal mask is exact;
+        # Without a mask, several new tokens only ever come on an empty cache, where the causal mask is exact;
         # a single new token may look at everything before it, so it needs no mask.
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=T > 1, scale=self.scale)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=mask is None and T > 1, scale=self.scale)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
         y = self.c_proj(y)
         # dropout only acts in training: not calling it otherwise saves sampling a call per layer
@@ -146,8 +146,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, rotation=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rotation, cache)
+    def forward(self, x, rotation=None, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), rotation, cache, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -228,20 +228,24 @@ class GPT(nn.Module):
             loss = None
         return logits, loss
 
-    def hidden_states(self, idx, cache=None):
-        """idx (B, T) -> the last layer's output (B, T, C), which lm_head turns into logits."""
-        device = idx.device
+    def hidden_states(self, idx, cache=None, positions=None, mask=None):
+        """
+        idx (B, T) -> the last layer's output (B, T, C), which lm_head turns into logits. A row may instead hold
+        several sequences that share a start (smallgpt/likelihood.py: a context and each of its endings): then
+        positions (B, T) gives each token's position and mask (B, 1, T, T) is True where a token may attend.
+        """
         B, T = idx.size()
         start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"cannot forward {start + T} tokens: block_size is {self.config.block_size}")
+        if positions is None:
+            if start + T > self.config.block_size:
+                raise ValueError(f"cannot forward {start + T} tokens: block_size is {self.config.block_size}")
+            positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx)  # (B, T, C)
         rotation = None
         if self.config.rotary:
-            rotation = self.rotary_cos[start:start + T], self.rotary_sin[start:start + T]  # (T, 1, hs) each
+            rotation = self.rotary_cos[positions], self.rotary_sin[positions]  # (T, 1, hs) or (B, T, 1, hs) each
         elif "wpe" in self.transformer:
-            pos = torch.arange(start, start + T, dtype=torch.long, device=device)  # (T,)
-            x = x + self.transformer.wpe(pos)  # (T, C) position embeddings, broadcast over the batch
+            x = x + self.transformer.wpe(positions)  # (T, C) broadcast over the batch, or (B, T, C)
         if self.training:
             x = self.transformer.drop(x)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
@@ -249,7 +253,7 @@ class GPT(nn.Module):
             if recompute:  # in the backward pass, replaying the random number generators: the same dropout masks
                 x = torch.utils.checkpoint.checkpoint(block, x, rotation, use_reentrant=False)
             else:
-                x = block(x, rotation, cache)
+                x = block(x, rotation, cache, mask)
         if cache is not None:
             cache.length += T
         return self.transformer.ln_f(x)

@@ -11,9 +11,10 @@ and autocast context made concrete).
   model for every token, as nanoGPT does), with it, and with it as sample.py runs on a CPU, on a 6 x 6 x 384 model
   with GPT-2's vocabulary, and the cost of the penalties against loops; then 2,000 tokens with sample.py's settings
   from out_dir's checkpoint, and how much 10 samples of its repeat themselves with each setting against loops.
-- bench_eval(opts, out_dir): examples/s of HellaSwag's scoring as eval.py does it (many examples in padded batches)
-  against build-nanogpt's way (one example's four endings at a time), on HellaSwag-shaped examples cut from Tiny
-  Shakespeare: with a 6 x 384 model with GPT-2's vocabulary, then with out_dir's checkpoint if there is one.
+- bench_eval(opts, out_dir): examples/s of HellaSwag's scoring as eval.py does it (many examples in padded batches,
+  a context once for its endings) against build-nanogpt's way (one example's four endings at a time), with the
+  FLOPs of each, on HellaSwag-shaped examples cut from Tiny Shakespeare: with a 6 x 384 model with GPT-2's
+  vocabulary, then with out_dir's checkpoint if there is one.
 """
 
 import copy
@@ -31,7 +32,7 @@ from smallgpt.checkpoint import load_checkpoint
 from smallgpt.devices import peak_flops
 from smallgpt.errors import UserError
 from smallgpt.hellaswag import hellaswag_accuracy, hellaswag_share
-from smallgpt.likelihood import window
+from smallgpt.likelihood import shared_rows, window
 from smallgpt.sampling import Penalties, repeated_shares, sample_next
 from smallgpt.tokenizer import GPT2_SPEC, make_codec
 
@@ -269,8 +270,25 @@ def build_nanogpt_losses(opts, model, ending_pairs):
     return list(zip(masked.sum(1).tolist(), mask.sum(1).tolist()))
 
 
+def hellaswag_flops(model, share):
+    """The FLOPs of scoring a hellaswag_share each way: build-nanogpt's (an example's rows padded to the longest,
+    every position through the head) and eval.py's (likelihood.shared_rows, the scored positions only through the
+    head). A layer's attention over a row of T tokens is counted whole under a mask, half in the causal order."""
+    cfg = model.config
+    blocks = lambda T, masked: 2 * cfg.n_layer * (12 * cfg.n_embd**2 * T + (2 if masked else 1) * T**2 * cfg.n_embd)
+    head = 2 * cfg.n_embd * cfg.vocab_size  # a position's logits
+    theirs = ours = 0
+    for pairs, _ in share[0]:
+        T = max(len(window(context, ending, cfg.block_size)[0]) for context, ending in pairs)
+        theirs += len(pairs) * (blocks(T, False) + T * head)
+        for tokens, _, segments, scored in shared_rows(pairs, cfg.block_size, cfg.n_embd):
+            ours += blocks(len(tokens), max(segments) > 1) + len(scored) * head
+    return {"one example at a time (build-nanogpt)": theirs, "padded batches (eval.py)": ours}
+
+
 def compare_hellaswag(opts, model, tokenizer_spec, examples):
-    """Examples/s of eval.py's batches and of build-nanogpt's way; whether both pick the same endings."""
+    """Examples/s of eval.py's batches and of build-nanogpt's way, with the FLOPs each computes and the FLOP/s that
+    makes; whether both pick the same endings."""
     share = hellaswag_share(examples, tokenizer_spec)
     runs = {"one example at a time (build-nanogpt)": lambda: [build_nanogpt_losses(opts, model, pairs)
                                                               for pairs, _ in share[0]],
@@ -282,9 +300,13 @@ def compare_hellaswag(opts, model, tokenizer_spec, examples):
             times[name].append(dt)
             picks[name] = result
     baseline = median(times["one example at a time (build-nanogpt)"])
+    flops = hellaswag_flops(model, share)
     for name in runs:
         print(f"{name:40s} {len(examples) / median(times[name]):8,.1f} examples/s  "
-              f"speedup {baseline / median(times[name]):5.2f}x")
+              f"speedup {baseline / median(times[name]):5.2f}x  {flops[name] / len(examples) / 1e6:8,.1f} MFLOP "
+              f"an example, {flops[name] / median(times[name]) / 1e9:6,.1f} GFLOP/s")
+    fewer = flops["one example at a time (build-nanogpt)"] / flops["padded batches (eval.py)"]
+    print(f"build-nanogpt's way computes {fewer:.2f}x eval.py's FLOPs: the speedup where both run at the same FLOP/s")
     theirs = picks["one example at a time (build-nanogpt)"]
     right = [min(range(4), key=lambda e: losses[e][0]) == 0 for losses in theirs]
     right_norm = [min(range(4), key=lambda e: losses[e][0] / losses[e][1]) == 0 for losses in theirs]
@@ -294,9 +316,10 @@ def compare_hellaswag(opts, model, tokenizer_spec, examples):
 
 
 def bench_eval(opts, out_dir):
-    examples = shakespeare_examples(opts.eval_examples)
+    examples = shakespeare_examples(opts, opts.eval_examples)
     print(f"\n## eval: HellaSwag-shaped examples from Tiny Shakespeare ({opts.eval_examples}), a model of "
-          f"6 layers x 384 with GPT-2's vocabulary, random weights")
+          f"6 layers x 384 with GPT-2's vocabulary, random weights; the device's peak "
+          f"{peak_flops(opts.device, opts.dtype) / 1e9:,.0f} GFLOP/s")
     torch.manual_seed(opts.seed)
     model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024, vocab_size=50304)).to(opts.device).eval()
     compare_hellaswag(opts, model, GPT2_SPEC, examples)

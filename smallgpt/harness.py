@@ -28,7 +28,7 @@ from smallgpt.tokenizer import EOT, make_codec
 
 class HarnessModel(LM):
 
-    def __init__(self, model, tokenizer_spec, autocast, batch_tokens=8192):
+    def __init__(self, model, tokenizer_spec, autocast, batch_tokens=None):
         super().__init__()
         self.model, self.autocast, self.batch_tokens = model.eval(), autocast, batch_tokens
         self.encode, self.decode = lenient_encoder(tokenizer_spec), make_codec(tokenizer_spec)[1]

@@ -122,7 +122,7 @@ def hellaswag_share(examples, tokenizer_spec, rank=0, world_size=1):
     return share, len(examples)
 
 
-def hellaswag_accuracy(model, hellaswag, autocast, fsdp=False, progress=False, batch_tokens=8192):
+def hellaswag_accuracy(model, hellaswag, autocast, fsdp=False, progress=False, batch_tokens=None):
     """
     {"acc", "acc_norm", "examples"} of the model on a hellaswag_share, over all processes; fsdp and
     batch_tokens as in continuation_losses. progress shows a bar with the running acc_norm.

@@ -53,7 +53,7 @@ def files_in(folder):
     ("prepare.py", "--tokenizer=wordpiece", "unknown tokenizer 'wordpiece': use char, gpt2, bpe"),
     ("bench.py", "--rounds=0", "rounds must be at least 1, got 0"),
     ("tune.py", "--trials=0", "trials must be at least 1, got 0"),
-    ("eval.py", "--batch_tokens=0", "batch_tokens must be at least 1, got 0"),
+    ("eval.py", "--batch_tokens=0", "batch_tokens must be a whole number at least 1, got 0"),
 ])
 def test_bad_settings_are_refused_with_what_to_fix(tmp_path, script, flag, message):
     with inside(tmp_path):

@@ -55,6 +55,18 @@ def test_sample_part_gets_the_same_tokens_with_and_without_the_cache(char_data):
 
 
 @pytest.mark.slow
+@needs_gpt2_bpe
+def test_eval_part_scores_both_ways_alike_on_both_models(finished_run, tmp_path):
+    shutil.copytree(finished_run[0], tmp_path / "run")
+    shutil.copy(tmp_path / "run" / "text.txt", tmp_path / "run" / "data" / "shakespeare_char" / "input.txt")
+    out = bench(tmp_path / "run", "--part=eval", "--eval_examples=8")
+    assert out.count("the same acc and acc_norm both ways: yes") == 2  # GPT-2's vocabulary, then out/ckpt.pt
+    flops = [float(f.replace(",", "")) for f in re.findall(r"([\d,.]+) MFLOP an example", out)]
+    assert len(flops) == 4 and flops[1] < flops[0] / 2  # GPT-2's vocabulary: the head at the scored positions only
+    assert re.search(r"build-nanogpt's way computes [\d.]+x eval.py's FLOPs", out)
+
+
+@pytest.mark.slow
 def test_an_unknown_part_is_a_clean_error(tmp_path):
     assert_clean_error(run_script("bench.py", "--part=everything", cwd=tmp_path), "unknown part 'everything'")
 

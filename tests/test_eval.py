@@ -20,7 +20,7 @@ from model import GPT, GPTConfig
 from smallgpt import hellaswag
 from smallgpt.devices import mixed_precision
 from smallgpt.hellaswag import fetch_hellaswag, git_blob_id, hellaswag_accuracy, hellaswag_share, read_examples
-from smallgpt.likelihood import continuation_losses, lenient_encoder, window
+from smallgpt.likelihood import continuation_losses, lenient_encoder, shared_rows, sharing_pays, window
 from smallgpt.tokenizer import GPT2_SPEC, char_spec
 
 ROWS = ROOT / "tests" / "data" / "hellaswag_rows.jsonl"  # 8 examples in HellaSwag's format
@@ -33,9 +33,9 @@ def alphabet_spec():
     return char_spec("".join(sorted(set(text) - set("[]0123456789"))), "rows")
 
 
-def tiny_gpt(vocab_size, block_size=64, **options):
+def tiny_gpt(vocab_size, block_size=64, n_embd=32, **options):
     torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=vocab_size, **options))
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size, **options))
 
 
 def test_a_window_keeps_the_end_of_a_long_context_and_scores_only_the_continuation():
@@ -45,20 +45,38 @@ def test_a_window_keeps_the_end_of_a_long_context_and_scores_only_the_continuati
     assert window([1], [], block_size=4) == ([], [])
 
 
+def test_pairs_with_the_same_windowed_context_share_a_row_where_it_pays():
+    pairs = [([1, 2], [3, 4]), ([1, 2], [5]), ([7], [8, 9]), ([1, 2], [6, 6, 6])]
+    assert shared_rows(pairs, block_size=8, n_embd=64) == [
+        ([1, 2, 3, 6, 6], [0, 1, 2, 2, 3], [0, 0, 1, 3, 3],  # the one-token ending adds no token
+         [(1, 3, 0), (2, 4, 0), (1, 5, 1), (1, 6, 3), (3, 6, 3), (4, 6, 3)]),
+        ([7, 8], [0, 1], [0, 1], [(0, 8, 2), (1, 9, 2)])]
+    # cut to the block, the same context keeps a different start for endings of different lengths
+    assert [row[0] for row in shared_rows([([1, 2, 3], [4]), ([1, 2, 3], [5, 6]), ([1, 2, 3], [7])], 3, 64)] == \
+        [[1, 2, 3], [2, 3, 5]]
+    assert shared_rows([([1], []), ([], [2])], block_size=4, n_embd=64) == []  # nothing to score
+    # a short context and long endings in a narrow model: a row's attention would cost more than it saves
+    assert sharing_pays(200, [100] * 4, n_embd=384) and not sharing_pays(30, [100] * 4, n_embd=128)
+    assert len(shared_rows([([1] * 30, [2] * 100)] * 4, block_size=128, n_embd=128)) == 4
+
+
+@pytest.mark.parametrize("block_size, n_embd", [(48, 32), (512, 128)])  # most contexts cut to the block, or none
 @pytest.mark.parametrize("options", [{}, {"rotary": True, "qk_norm": True, "attn_scale": 2.0}])
-def test_batched_losses_equal_each_pair_scored_alone(options):
+def test_batched_losses_equal_each_pair_scored_alone(options, block_size, n_embd):
     spec = alphabet_spec()
-    model = tiny_gpt(spec["vocab_size"], block_size=48, **options).eval()
+    model = tiny_gpt(spec["vocab_size"], block_size=block_size, n_embd=n_embd, **options).eval()
     examples, _ = hellaswag_share(read_examples(ROWS), spec)
     pairs = [pair for ending_pairs, _ in examples for pair in ending_pairs]
+    n_rows = len(shared_rows(pairs, block_size, n_embd))  # a row an example, or more where its endings' windows differ
+    assert n_rows == len(examples) if block_size == 512 else len(examples) < n_rows < len(pairs)
     batched = continuation_losses(model, pairs, NO_AUTOCAST, batch_tokens=300)  # several padded batches
     for (context, continuation), (loss, n_tokens, greedy) in zip(pairs, batched):
-        x, y = window(context, continuation, 48)
+        x, y = window(context, continuation, block_size)
         logits, _ = model(torch.tensor([x]), torch.tensor([x]))
         targets = torch.tensor(y)
         alone = F.cross_entropy(logits[0], targets, ignore_index=-1, reduction="sum").item()
         assert loss == pytest.approx(alone, abs=1e-4)
-        assert n_tokens == (targets != -1).sum().item() == min(len(continuation), 48)
+        assert n_tokens == (targets != -1).sum().item() == min(len(continuation), block_size)
         assert greedy == bool((logits[0].argmax(-1) == targets)[targets != -1].all())
 
 
