@@ -6,7 +6,7 @@ time taken (smallgpt/bench_quality.py) and a chat task's exact match (smallgpt/b
 there says what it measures.
 
     python prepare.py && python bench.py      # train, recipe, sample and prepare: about 20 minutes on 2 cores
-    python bench.py --part=train              # one part: train, sample, eval, prepare, memory, serve (speed);
+    python bench.py --part=train              # one part: train, sample, eval, prepare, memory, serve, compile (speed);
                                               # recipe, tokenizers, ablation, tune, finetune, chat (quality)
     python bench.py --part=recipe --recipe_repeats=3
     python bench.py --part=tune --recipe_repeats=3  # a search of an hour, then its best settings against the recipe
@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from smallgpt.bench_chat import bench_chat
+from smallgpt.bench_compile import bench_compile
 from smallgpt.bench_memory import bench_memory
 from smallgpt.bench_prepare import bench_prepare
 from smallgpt.bench_quality import (RECIPE_NAME, bench_ablation, bench_finetune, bench_recipe, bench_tokenizers,
@@ -39,7 +40,7 @@ from smallgpt.devices import start_run
 from smallgpt.errors import UserError
 
 PARTS = ("all", "train", "recipe", "sample", "prepare", "tokenizers", "ablation", "eval", "tune", "memory", "finetune",
-         "chat", "serve")
+         "chat", "serve", "compile")
 
 # -----------------------------------------------------------------------------
 part = "all"  # any of PARTS above; 'all': train, recipe, sample and prepare
@@ -90,7 +91,8 @@ def machine():
 
 print(f"# bench.py on {machine()}; torch {torch.__version__}, device {device}, dtype {dtype}")
 with tempfile.TemporaryDirectory() as tmp:
-    work_dir = working_folder(tmp) if part in ("all", "recipe", "tokenizers", "ablation", "tune", "chat") else None
+    work_dir = working_folder(tmp) if part in ("all", "recipe", "tokenizers", "ablation", "tune", "chat",
+                                               "compile") else None
     if part in ("all", "train"):
         bench_train(opts)
     if part in ("all", "recipe"):
@@ -115,3 +117,5 @@ with tempfile.TemporaryDirectory() as tmp:
         bench_chat(opts, work_dir)
     if part == "serve":
         bench_serve(opts, tmp)
+    if part == "compile":
+        bench_compile(opts, work_dir)

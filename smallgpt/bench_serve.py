@@ -23,6 +23,7 @@ import torch
 from smallgpt.bench_prepare import ROOT
 from smallgpt.bench_speed import gpt2_vocab_model
 from smallgpt.checkpoint import load_checkpoint
+from smallgpt.errors import UserError
 from smallgpt.sampling import ready_to_generate, whole_texts
 from smallgpt.tokenizer import GPT2_SPEC, make_codec
 
@@ -74,9 +75,13 @@ def stream(port, prompt, n_new):
 def serve_speed(ckpt_path, prompt, n_new, clients, rounds):
     """(tokens per second over all the replies, median seconds to a first token): clients at once, rounds each."""
     server = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), f"--init_from={ckpt_path}",
-                               "--port=0", "--max_tokens_limit=100000"], stdout=subprocess.PIPE, text=True)
+                               "--port=0", "--max_tokens_limit=100000"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)  # its access log: a line a request
     try:
-        port = int(server.stdout.readline().rsplit(":", 1)[1].split("/")[0])  # "serving ... on http://HOST:PORT/v1"
+        line = server.stdout.readline()  # "serving ... on http://HOST:PORT/v1"
+        if "http://" not in line:
+            raise UserError(f"serve.py did not start on {ckpt_path}: run it alone to see why")
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
         stream(port, prompt, 4)  # the first request warms the server up
         timings, failures = [], []
 

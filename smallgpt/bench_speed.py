@@ -8,8 +8,9 @@ and autocast context made concrete).
   only on CUDA), and the step's matrix products alone, which bound what the step can reach. MFU is against the
   device's peak: on a CPU, an fp32 matrix product timed before every round of steps.
 - bench_sample(opts, out_dir): tokens/s of greedy generation without the KV cache (the whole context through the
-  model for every token, as nanoGPT does), with it, and with it as sample.py runs on a CPU, on a 6 x 6 x 384 model
-  with GPT-2's vocabulary, and the cost of the penalties against loops; then 2,000 tokens with sample.py's settings
+  model for every token, as nanoGPT does), with it, and with it as sample.py runs on a CPU, on a 6 x 384 model
+  with GPT-2's vocabulary, the cost of the penalties against loops, and the share of the speed that memory's
+  bandwidth allows (every weight read once a token); then 2,000 tokens with sample.py's settings
   from out_dir's checkpoint, and how much 10 samples of its repeat themselves with each setting against loops.
 - bench_eval(opts, out_dir): examples/s of HellaSwag's scoring as eval.py does it (many examples in padded batches,
   a context once for its endings) against build-nanogpt's way (one example's four endings at a time), with the
@@ -178,6 +179,13 @@ def compare_generation(opts, model, prompt, n_new, repeats, **sampling):
     if prompt.size(1) + n_new <= model.config.block_size:  # beyond, nanoGPT's context differs by design
         tokens = list(outputs.values())
         print(f"the same tokens from all three: {'yes' if all(torch.equal(tokens[0], t) for t in tokens) else 'NO'}")
+    return {name: n_new / median(times[name]) for name in runs}
+
+
+def memory_bandwidth(opts, megabytes=1024):
+    """Bytes per second the device reads from memory: the best of 5 sums over a tensor far larger than its caches."""
+    x = torch.ones(megabytes * 2**20 // 4, device=opts.device)
+    return x.numel() * 4 / min(timed(opts, x.sum)[1] for _ in range(5))
 
 
 def gpt2_vocab_model(seed):
@@ -192,13 +200,19 @@ def bench_sample(opts, out_dir):
     model = gpt2_vocab_model(opts.seed).to(opts.device).eval()
     prompt = torch.randint(50304, (1, 256), device=opts.device)
     with opts.autocast:
-        compare_generation(opts, model, prompt, 64, repeats=3, top_k=1)
+        speeds = compare_generation(opts, model, prompt, 64, repeats=3, top_k=1)
         # the penalties' cost: a few operations over the vocabulary for each token, beside the model's step
         penalties = Penalties(repetition=1.3, frequency=0.1, presence=0.5)
         plain, penalised = (median(timed(opts, lambda: model.generate(prompt, 64, top_k=1, **settings))[1]
                                    for _ in range(3)) for settings in ({}, dict(penalties=penalties)))
         print(f"{'KV cache, all three penalties':30s} {64 / penalised:9,.1f} tokens/s  ({penalised / plain - 1:+.1%} "
               f"time per token)")
+    # a token reads every weight once (the cache and activations are a few MB more): memory bounds the speed
+    bandwidth, weight_bytes = memory_bandwidth(opts), sum(p.numel() * p.element_size() for p in model.parameters())
+    ours, nanogpt = speeds["KV cache, as sample.py on CPU"], speeds["recomputing (nanoGPT)"]
+    print(f"memory reads {bandwidth / 1e9:.1f} GB/s: the weights ({weight_bytes / 1e6:.0f} MB) once a token allow "
+          f"{bandwidth / weight_bytes:,.1f} tokens/s; sample.py's way reaches {ours * weight_bytes / bandwidth:.0%} "
+          f"of it, nanoGPT's {nanogpt * weight_bytes / bandwidth:.0%}")
 
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.exists(ckpt_path):
