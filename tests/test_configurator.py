@@ -115,6 +115,14 @@ def test_a_range_stands_beside_its_setting_and_allows_none_and_whole_numbers(tmp
     assert error("--steps=-1") == "steps must be 0 or more, got -1"
 
 
+def test_five_minutes_after_a_recipe_trains_its_model_for_a_time_and_evaluates_once():
+    recipe = [str(ROOT / "config" / "shakespeare_char_cpu.py")]
+    alone, timed = configure_as("train.py", recipe), configure_as("train.py", recipe + [str(ROOT / "config" /
+                                                                                          "five_minutes.py")])
+    assert {key for key in alone if alone[key] != timed[key]} == {"max_seconds", "eval_interval", "eval_iters"}
+    assert timed["max_seconds"] == 300 and timed["eval_interval"] > 300 / 0.001  # more steps than can fit
+
+
 def test_every_range_is_well_formed():
     for script in SCRIPTS:
         for key, spec in ranges_in(ROOT / script).items():
