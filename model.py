@@ -236,15 +236,16 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         start = cache.length if cache is not None else 0
-        if positions is None:
-            if start + T > self.config.block_size:
-                raise ValueError(f"cannot forward {start + T} tokens: block_size is {self.config.block_size}")
-            positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        if positions is None and start + T > self.config.block_size:
+            raise ValueError(f"cannot forward {start + T} tokens: block_size is {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         rotation = None
-        if self.config.rotary:
-            rotation = self.rotary_cos[positions], self.rotary_sin[positions]  # (T, 1, hs) or (B, T, 1, hs) each
+        if self.config.rotary:  # a view of the tables in the causal order (sampling's every step), else a gather
+            where = slice(start, start + T) if positions is None else positions
+            rotation = self.rotary_cos[where], self.rotary_sin[where]  # (T, 1, hs) or (B, T, 1, hs) each
         elif "wpe" in self.transformer:
+            if positions is None:
+                positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
             x = x + self.transformer.wpe(positions)  # (T, C) broadcast over the batch, or (B, T, C)
         if self.training:
             x = self.transformer.drop(x)
