@@ -51,6 +51,7 @@ def test_sample_part_gets_the_same_tokens_with_and_without_the_cache(char_data):
     out = bench(char_data, "--part=sample")
     assert "recomputing (nanoGPT)" in out and "KV cache, as sample.py on CPU" in out
     assert "the same tokens from all three: yes" in out and "KV cache, all three penalties" in out
+    assert re.search(r"memory reads [\d.]+ GB/s: .* sample.py's way reaches \d+% of it, nanoGPT's \d+%", out)
     assert "no out/ckpt.pt for the 2,000-token measurement" in out
 
 

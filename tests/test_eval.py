@@ -94,13 +94,16 @@ def scaled_gpt(vocab_size, **options):
 PRECISIONS = [("bfloat16", 2**-8), ("float16", 2**-11)]
 
 
-@pytest.mark.parametrize("options", [{}, {"rotary": True, "qk_norm": True, "attn_scale": 2.0}])
+@pytest.mark.parametrize("options", [{}, {"rotary": True, "qk_norm": True, "attn_scale": 2.0},
+                                     {"block_size": 512, "n_embd": 128}])  # the last: each context once, in a row
 @pytest.mark.parametrize("dtype, roundoff", PRECISIONS)
 def test_hellaswag_under_autocast_scores_as_float32_does(dtype, roundoff, options):
     spec = alphabet_spec()
     model = scaled_gpt(spec["vocab_size"], **options)
     examples, n = hellaswag_share(read_examples(ROWS), spec)
     pairs = [pair for ending_pairs, _ in examples for pair in ending_pairs]
+    if "n_embd" in options:
+        assert len(shared_rows(pairs, model.config.block_size, model.config.n_embd)) == len(examples)
     expected = continuation_losses(model, pairs, NO_AUTOCAST)
     losses = continuation_losses(model, pairs, mixed_precision("cpu", dtype))
     for (loss, n_tokens, _), (expected_loss, expected_tokens, _) in zip(losses, expected):
